@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Wide Valley's one entry point: sets up .venv on first use, then runs a command in it.
+#   ./wv.sh train [--config PATH] [--set k=v ...]   the coupled training job (jobs.train)
+#   ./wv.sh test [pytest args]                     ruff, mypy and the whole test suite
+#   ./wv.sh <module> [args]                        python -m <module> inside the venv
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PY=${WV_PYTHON:-python3}
+VENV=.venv
+STAMP=$VENV/.wv-installed
+
+setup() {
+    if [ ! -x "$VENV/bin/python" ]; then
+        echo "wv: creating $VENV with $($PY --version)" >&2
+        "$PY" -m venv "$VENV"
+        "$VENV/bin/python" -m pip install -q --upgrade pip
+    fi
+    # Reinstall only when pyproject.toml changed since the last install.
+    local want
+    want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+    if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
+        echo "wv: installing dependencies (first run takes about a minute)" >&2
+        # torch first and pinned: the CPU build; an unpinned torch would pull a CUDA build.
+        if ! "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
+            "$VENV/bin/python" -m pip install -q "torch==${WV_TORCH_VERSION:-2.13.0}"
+        fi
+        "$VENV/bin/python" -m pip install -q -e '.[dev]'
+        echo "$want" > "$STAMP"
+    fi
+}
+
+run_tests() {
+    "$VENV/bin/python" -m ruff check .
+    "$VENV/bin/python" -m ruff format --check .
+    "$VENV/bin/python" -m mypy
+    # pytest exits 5 when it collects nothing: that is a failure here, as it should be.
+    "$VENV/bin/python" -m pytest "$@"
+}
+
+setup
+cmd=${1:-train}
+shift || true
+case "$cmd" in
+    train) exec "$VENV/bin/python" -m jobs.train "$@" ;;
+    test) run_tests "$@" ;;
+    *) exec "$VENV/bin/python" -m "$cmd" "$@" ;;
+esac
