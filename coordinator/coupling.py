@@ -1,0 +1,100 @@
+"""The coupling math of the replica algorithms, on flat tensors only (no Ray, no modules).
+
+Symbols follow ../shared/algorithms.md: y replicas w^a stacked as the rows of a
+[y, n] tensor, the center w̄ (their mean) or an explicit center w̃ (EASGD), learning
+rate η, coupling period K, scope γ and Parle's center strength ρ.
+
+The `_`-suffixed functions update their first argument in place (they save a copy of
+an n-vector per replica, which matters at 11M parameters); the others return new
+tensors and leave their inputs alone.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def center(replicas: Tensor) -> Tensor:
+    """w̄ = (1/y) Σ_a w^a for a [y, n] stack of flat replicas."""
+    if replicas.dim() != 2 or replicas.shape[0] == 0:
+        raise ValueError(
+            f"center expects a non-empty [y, n] stack, got shape {tuple(replicas.shape)}"
+        )
+    return replicas.mean(dim=0)
+
+
+def squared_distances(replicas: Tensor, center_: Tensor) -> Tensor:
+    """‖w^a − w̄‖² for each replica a, as a [y] tensor."""
+    return (replicas - center_).pow(2).sum(dim=1)
+
+
+def rsgd_pull(weights: Tensor, center_: Tensor, lr: float, period: int, gamma: float) -> Tensor:
+    """Replicated SGD's round pull: w ← w − η K γ (w − w̄).
+
+    This is the "K·γ every K steps" form of the gradient of γ Σ_a ½‖w^a − w̄‖²
+    (w̄ held fixed), so with K = 1 it is one gradient step on the replicated loss.
+    """
+    return weights - (lr * period * gamma) * (weights - center_)
+
+
+def rsgd_pull_(weights: Tensor, center_: Tensor, lr: float, period: int, gamma: float) -> Tensor:
+    """In-place rsgd_pull: w ← (1 − ηKγ) w + ηKγ w̄, without an n-sized temporary."""
+    step = lr * period * gamma
+    return weights.mul_(1.0 - step).add_(center_, alpha=step)
+
+
+def easgd_exchange_(weights: Tensor, center_tilde: Tensor, alpha: float) -> Tensor:
+    """One EASGD exchange of one replica with the explicit center (the asynchronous form).
+
+    d = α (w − w̃);  w ← w − d;  w̃ ← w̃ + d.  Both arguments change in place;
+    w + w̃ is conserved. Returns d.
+    """
+    diff = (weights - center_tilde).mul_(alpha)
+    weights.sub_(diff)
+    center_tilde.add_(diff)
+    return diff
+
+
+def easgd_sync_(replicas: Tensor, center_tilde: Tensor, alpha: float) -> Tensor:
+    """Synchronous EASGD: every replica exchanges with the SAME old center.
+
+    d_a = α (w^a − w̃);  w^a ← w^a − d_a;  w̃ ← w̃ + Σ_a d_a  (β = y α).
+    Σ_a w^a + w̃ is conserved. Updates `replicas` ([y, n]) and `center_tilde` in
+    place; returns the [y, n] stack of d_a.
+    """
+    diffs = (replicas - center_tilde).mul_(alpha)
+    replicas.sub_(diffs)
+    center_tilde.add_(diffs.sum(dim=0))
+    return diffs
+
+
+def easgd_center_update_(center_tilde: Tensor, replicas: Tensor, alpha: float) -> Tensor:
+    """The center's half of synchronous EASGD: w̃ ← w̃ + α Σ_a (w^a − w̃).
+
+    Used when each replica applies its own half (w^a ← w^a − α(w^a − w̃)) in its own
+    process: both halves read the same old w̃, so together they equal easgd_sync_.
+    """
+    y = replicas.shape[0]
+    return center_tilde.mul_(1.0 - alpha * y).add_(replicas.sum(dim=0), alpha=alpha)
+
+
+def parle_direction(weights: Tensor, mu: Tensor, center_: Tensor, rho: float) -> Tensor:
+    """Parle's outer-step direction g = (w − μ) + ρ (w − w̄).
+
+    μ is the replica's own Entropy-SGD average; the outer step is w ← w − η g
+    (through local_steps.momentum_step_ when momentum is used).
+    """
+    return (weights - mu) + rho * (weights - center_)
+
+
+def parle_outer_step(weights: Tensor, mu: Tensor, center_: Tensor, lr: float, rho: float) -> Tensor:
+    """Parle's outer step without momentum: w − η [(w − μ) + ρ (w − w̄)]."""
+    return weights - lr * parle_direction(weights, mu, center_, rho)
+
+
+def stack(flat_replicas: list[Tensor]) -> Tensor:
+    """Rows of one [y, n] tensor from y flat vectors (one copy, in replica order)."""
+    if not flat_replicas:
+        raise ValueError("no replicas to stack")
+    return torch.stack(flat_replicas, dim=0)
