@@ -38,10 +38,18 @@ def rsgd_pull(weights: Tensor, center_: Tensor, lr: float, period: int, gamma: f
     return weights - (lr * period * gamma) * (weights - center_)
 
 
+def elastic_pull_(weights: Tensor, center_: Tensor, strength: float) -> Tensor:
+    """w ← w − s (w − c) = (1 − s) w + s c, in place and without an n-sized temporary.
+
+    rSGD's pull is s = ηKγ toward w̄; a replica's half of synchronous EASGD is s = α
+    toward the old explicit center w̃.
+    """
+    return weights.mul_(1.0 - strength).add_(center_, alpha=strength)
+
+
 def rsgd_pull_(weights: Tensor, center_: Tensor, lr: float, period: int, gamma: float) -> Tensor:
-    """In-place rsgd_pull: w ← (1 − ηKγ) w + ηKγ w̄, without an n-sized temporary."""
-    step = lr * period * gamma
-    return weights.mul_(1.0 - step).add_(center_, alpha=step)
+    """In-place rsgd_pull."""
+    return elastic_pull_(weights, center_, lr * period * gamma)
 
 
 def easgd_exchange_(weights: Tensor, center_tilde: Tensor, alpha: float) -> Tensor:

@@ -1,0 +1,314 @@
+"""Run configuration: kw_only dataclasses, loaded from TOML, overridden with --set a.b=v.
+
+Every field carries its range in its metadata and a docstring naming its symbol; all
+validation happens once, in load_config, and fails with one line that names the
+field and what is allowed (ConfigError), before any actor starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from coordinator.scoping import SCHEDULES
+
+ALGORITHMS: tuple[str, ...] = ("sgd", "rsgd", "esgd", "parle", "easgd")
+ENTROPY_ALGORITHMS: tuple[str, ...] = ("esgd", "parle")
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A bad configuration, said in one line."""
+
+
+def knob(
+    default: Any,
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+    choices: tuple[Any, ...] | None = None,
+    open_lo: bool = False,
+) -> Any:
+    """A config field with its allowed range; `open_lo` excludes `lo` itself."""
+    meta = {"lo": lo, "hi": hi, "choices": choices, "open_lo": open_lo}
+    return field(default=default, metadata=meta)
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    name: str = knob("default")
+    """Run name; the run directory is <storage>/<name>."""
+    storage: str = knob("runs")
+    """Directory that holds run directories (created if missing)."""
+    seed: int = knob(0, lo=0)
+    """Base seed; replica a draws its init, data order and noise from (seed, a)."""
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    dataset: str = knob("mnist1d", choices=("mnist1d", "mnist", "fashion_mnist", "cifar10"))
+    """Data set; mnist1d is generated offline, the others are downloaded once."""
+    root: str = knob("data")
+    """Cache directory for the Parquet shards (and raw downloads)."""
+    batch_size: int = knob(100, lo=1, hi=65536)
+    """Minibatch size |Ξ| per local step, per replica."""
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    arch: str = knob("mlp", choices=("mlp", "cnn1d", "smallconvnet", "resnet18"))
+    """Network architecture (jobs/models.py)."""
+
+
+@dataclass(kw_only=True)
+class AlgorithmConfig:
+    kind: str = knob("rsgd", choices=ALGORITHMS)
+    """sgd (y independent replicas), rsgd, esgd, parle or easgd (synchronous)."""
+    replicas: int = knob(4, lo=1, hi=1024)
+    """y, the number of replicas."""
+    coupling_period: int = knob(10, lo=1, hi=1_000_000)
+    """K, local steps per round (outer steps for esgd/parle)."""
+    inner_steps: int = knob(20, lo=1, hi=10_000)
+    """L, Entropy-SGD inner SGLD steps per outer step (esgd, parle)."""
+    lr: float = knob(0.1, lo=0.0, hi=100.0, open_lo=True)
+    """η, the local learning rate (the outer-step rate for esgd/parle)."""
+    momentum: float = knob(0.9, lo=0.0, hi=0.999)
+    """Heavy-ball momentum of the local steps (outer steps for esgd/parle)."""
+    nesterov: bool = knob(False)
+    """Use Nesterov momentum."""
+    weight_decay: float = knob(0.0, lo=0.0, hi=1.0)
+    """λ, L2 weight decay added to the local gradient."""
+    inner_lr: float = knob(0.1, lo=0.0, hi=100.0, open_lo=True)
+    """η', Entropy-SGD's inner SGLD step size."""
+    noise: float = knob(1e-4, lo=0.0, hi=1.0)
+    """ε, Entropy-SGD's SGLD noise scale (0 turns the inner loop into SGD)."""
+    mu_alpha: float = knob(0.75, lo=0.0, hi=0.999)
+    """α, Entropy-SGD's averaging of μ ← α μ + (1 − α) w'."""
+
+
+@dataclass(kw_only=True)
+class ScopingConfig:
+    kind: str = knob("exponential", choices=SCHEDULES)
+    """γ schedule: constant, exponential, linear or cosine (per round)."""
+    gamma0: float | str = knob(0.01)
+    """γ0 at round 0, or "auto" (measured after the first round)."""
+    gamma1: float | str = knob("auto")
+    """γ1, exponential growth per round, or "auto" (reach gamma_max at the last round)."""
+    gamma_max: float = knob(1.0, lo=0.0)
+    """γmax, the clip; the end of linear/cosine schedules."""
+    rho0: float = knob(0.1, lo=0.0)
+    """ρ0, Parle's pull toward the center (same schedule kind as γ)."""
+    rho_max: float = knob(10.0, lo=0.0)
+    """ρmax, Parle's clip for ρ (10 in the original)."""
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    rounds: int = knob(60, lo=1, hi=10_000_000)
+    """Number of rounds; each is K local steps per replica."""
+    eval_every: int = knob(10, lo=1)
+    """E: evaluate center, replicas and ensemble every E rounds (and at the end)."""
+    round_timeout_s: float = knob(600.0, lo=0.0, open_lo=True)
+    """Seconds one round may take before the run fails with the slow replicas named."""
+    bn_batches: int = knob(20, lo=1)
+    """Training batches used to recompute the center's BatchNorm statistics."""
+
+
+@dataclass(kw_only=True)
+class ResourcesConfig:
+    gpus_per_replica: float = knob(0.0, lo=0.0, hi=8.0)
+    """GPUs reserved per replica (1 = one GPU each; fractions share a GPU)."""
+    cpus_per_replica: float = knob(0.0, lo=0.0, hi=256.0)
+    """CPUs reserved per replica; 0 = share the cluster's CPUs evenly (at most 1 each)."""
+
+
+@dataclass(kw_only=True)
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    scoping: ScopingConfig = field(default_factory=ScopingConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+
+
+def _sections() -> dict[str, type]:
+    return {s.name: type(getattr(Config(), s.name)) for s in fields(Config)}
+
+
+def _keys() -> list[str]:
+    return [f"{name}.{f.name}" for name, cls in _sections().items() for f in fields(cls)]
+
+
+def _unknown(key: str) -> ConfigError:
+    close = difflib.get_close_matches(key, _keys(), n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    return ConfigError(f"unknown config key {key!r}{hint}")
+
+
+def parse_value(raw: str) -> Any:
+    """A --set value as TOML would read it (1, 0.5, true, "x"); bare words stay strings."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _apply(config: Config, key: str, value: Any, raw: str | None = None) -> None:
+    """Set one key; `raw` is the --set text, kept as is for text-only fields (name=nan)."""
+    section_name, _, name = key.partition(".")
+    section = _sections().get(section_name)
+    declared = {f.name: str(f.type) for f in fields(section)} if section else {}
+    if name not in declared:
+        raise _unknown(key)
+    if raw is not None and declared[name] == "str":
+        quoted = len(raw) > 1 and raw[0] == raw[-1] and raw[0] in "\"'"
+        value = raw[1:-1] if quoted else raw
+    setattr(getattr(config, section_name), name, _coerce(key, value, declared[name]))
+
+
+def _coerce(key: str, value: Any, declared: str) -> Any:
+    """Check a value against its field's declared type; an int is fine where a float is."""
+    allowed = {part.strip() for part in declared.split("|")}
+    if "bool" in allowed or isinstance(value, bool):
+        if "bool" in allowed and isinstance(value, bool):
+            return value
+        raise ConfigError(
+            f"{key} must be {'true or false' if 'bool' in allowed else 'a number'}, got {value!r}"
+        )
+    if isinstance(value, int) and "float" in allowed:
+        return float(value)
+    if isinstance(value, float) and "int" in allowed and value.is_integer():
+        return int(value)
+    kinds = {"int": int, "float": float, "str": str}
+    if any(isinstance(value, kinds[name]) for name in allowed if name in kinds):
+        return value
+    wanted = " or ".join(sorted(allowed)).replace("str", "text").replace("float", "a number")
+    raise ConfigError(f"{key} must be {wanted.replace('int', 'a whole number')}, got {value!r}")
+
+
+def _check_range(key: str, value: Any, meta: Any) -> None:
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{key} = {value!r} is not one of {', '.join(map(str, choices))}")
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    lo, hi, open_lo = meta.get("lo"), meta.get("hi"), meta.get("open_lo")
+    if (
+        math.isnan(value)
+        or (lo is not None and (value < lo or (open_lo and value == lo)))
+        or (hi is not None and value > hi)
+    ):
+        low = "-inf" if lo is None else f"{lo}"
+        bracket = "(" if open_lo else "["
+        raise ConfigError(
+            f"{key} = {value} is out of range {bracket}{low}, {hi if hi is not None else 'inf'}]"
+        )
+
+
+def _check_auto(key: str, value: float | str) -> None:
+    if isinstance(value, str):
+        if value != "auto":
+            raise ConfigError(f'{key} must be a number >= 0 or "auto", got {value!r}')
+    elif math.isnan(value) or value < 0:
+        raise ConfigError(f'{key} = {value} is out of range [0, inf) (or "auto")')
+
+
+def validate(config: Config) -> Config:
+    for section_name in _sections():
+        section = getattr(config, section_name)
+        for f in fields(section):
+            _check_range(f"{section_name}.{f.name}", getattr(section, f.name), f.metadata)
+    _check_auto("scoping.gamma0", config.scoping.gamma0)
+    _check_auto("scoping.gamma1", config.scoping.gamma1)
+    _check_combinations(config)
+    return config
+
+
+def _check_combinations(config: Config) -> None:
+    """Rules that involve more than one field."""
+    algo, scoping = config.algorithm, config.scoping
+    if isinstance(scoping.gamma0, float) and scoping.gamma0 > scoping.gamma_max:
+        raise ConfigError(
+            f"scoping.gamma0 = {scoping.gamma0} exceeds scoping.gamma_max = {scoping.gamma_max}"
+        )
+    if algo.kind == "easgd" and algo.lr * scoping.gamma_max * algo.replicas > 1.0:
+        # The center update w̃ ← (1 − yα) w̃ + α Σ w^a is a convex combination only for yα ≤ 1.
+        raise ConfigError(
+            "easgd needs algorithm.lr × scoping.gamma_max × algorithm.replicas <= 1 "
+            f"(α = ηρ, β = yα), got {algo.lr * scoping.gamma_max * algo.replicas:.3g}"
+        )
+    if algo.kind == "parle" and algo.lr * scoping.rho_max > 1.0:
+        # w ← w − η ρ (w − w̄) alone jumps past the center when η ρ > 1, and diverges.
+        raise ConfigError(
+            "parle needs algorithm.lr × scoping.rho_max <= 1 "
+            f"(the center pull overshoots), got {algo.lr * scoping.rho_max:.3g}"
+        )
+    if config.data.dataset == "mnist1d" and config.model.arch in ("smallconvnet", "resnet18"):
+        raise ConfigError(
+            f"model.arch = {config.model.arch} needs images; use mlp or cnn1d for mnist1d"
+        )
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"config file {path} is not valid TOML: {err}") from None
+
+
+def _flatten(table: dict[str, Any]) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for section, values in table.items():
+        if not isinstance(values, dict):
+            raise _unknown(section)
+        for key, value in values.items():
+            flat[f"{section}.{key}"] = value
+    return flat
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults ← TOML file ← --set overrides, then validate once."""
+    config = Config()
+    if path is not None:
+        for key, value in _flatten(_read_toml(Path(path))).items():
+            _apply(config, key, value)
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        _apply(config, key.strip(), parse_value(raw.strip()), raw.strip())
+    return validate(config)
+
+
+def to_dict(config: Config) -> dict[str, dict[str, Any]]:
+    return dataclasses.asdict(config)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)
+
+
+def to_toml(config: Config) -> str:
+    """The resolved config as TOML that load_config reads back to an equal Config."""
+    lines: list[str] = []
+    for section, values in to_dict(config).items():
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,45 @@
+"""Plots a person reads after a run: losses, distances to the center, accuracies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on cluster nodes
+import matplotlib.pyplot as plt
+
+
+def training_curves(
+    rows: list[dict[str, Any]], evaluations: list[dict[str, Any]], path: Path
+) -> Path:
+    """Three panels: train loss and ‖w^a − w̄‖ per replica by round; test accuracies."""
+    fig, (ax_loss, ax_dist, ax_acc) = plt.subplots(1, 3, figsize=(15, 4.2))
+    replicas = sorted({row["replica"] for row in rows})
+    for a in replicas:
+        mine = [row for row in rows if row["replica"] == a]
+        rounds = [row["round"] + 1 for row in mine]
+        ax_loss.plot(rounds, [row["train_loss"] for row in mine], label=f"replica {a}", lw=1)
+        ax_dist.plot(
+            rounds, [row["distance_to_center"] for row in mine], label=f"replica {a}", lw=1
+        )
+    ax_loss.set(title="Training loss (mean over the round)", xlabel="round", ylabel="cross-entropy")
+    ax_dist.set(title="Distance to the center ‖w − w̄‖", xlabel="round", ylabel="L2 distance")
+    ax_dist.set_yscale("symlog", linthresh=1e-3)
+    if evaluations:
+        at = [e["round"] for e in evaluations]
+        ax_acc.plot(at, [e["center"]["test_accuracy"] for e in evaluations], "o-", label="center")
+        ax_acc.plot(at, [e["ensemble_test_accuracy"] for e in evaluations], "s--", label="ensemble")
+        mean_replica = [
+            sum(r["test_accuracy"] for r in e["replicas"]) / len(e["replicas"]) for e in evaluations
+        ]
+        ax_acc.plot(at, mean_replica, "^:", label="mean replica")
+    ax_acc.set(title="Test accuracy", xlabel="round", ylabel="accuracy (fraction)")
+    for ax in (ax_loss, ax_dist, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

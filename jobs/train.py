@@ -1,0 +1,125 @@
+"""`python -m jobs.train [--config PATH] [--set section.key=value ...]`: one coupled run.
+
+Attaches to RAY_ADDRESS's cluster (as under `ray job submit`) or starts a local Ray,
+starts the Coordinator actor (which starts the replica actors), prints one line per
+round and a summary table, and leaves everything in <run.storage>/<run.name>/.
+Bad input fails before any actor starts, with one line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from cluster.actors import RayReplicaGroup, ResourceError, replica_resources
+from cluster.session import connect
+from coordinator.coordinator import Coordinator
+from jobs.config import CONFIG_DIR, Config, ConfigError, load_config
+from jobs.data import DatasetError, load_dataset
+
+DEFAULT_CONFIG = CONFIG_DIR / "default.toml"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m jobs.train", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="run config (TOML)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override one config key, e.g. --set algorithm.replicas=8 (repeatable)",
+    )  # fmt: skip
+    return parser.parse_args(argv)
+
+
+def check_inputs(config: Config) -> None:
+    """Everything that can be checked before any actor starts."""
+    storage = Path(config.run.storage)
+    try:
+        storage.mkdir(parents=True, exist_ok=True)
+        probe = storage / f".wv-write-test-{time.time_ns()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        raise OSError(f"run.storage {str(storage)!r} is not writable: {err.strerror}") from None
+    # Builds the Parquet cache once here, so the replicas only read it.
+    load_dataset(config.data.dataset, config.data.root)
+
+
+def progress_line(p: dict[str, Any], rounds: int) -> str:
+    line = (
+        f"round {p['round']:>5}/{rounds}  γ {p['gamma']:.4g}  loss {p['mean_loss']:.4f}  "
+        f"dist {p['mean_distance']:.4g}  {p['seconds'] * 1000:.0f} ms"
+    )
+    if "center_test_accuracy" in p:
+        line += f"  center test acc {p['center_test_accuracy']:.4f}"
+    return line
+
+
+def summary_table(s: dict[str, Any], run_dir: Path) -> str:
+    rows = [("center", s["center_test_accuracy"], s["center_train_accuracy"])]
+    rows.append(("ensemble (outputs averaged)", s["ensemble_test_accuracy"], None))
+    for a, (test, train) in enumerate(
+        zip(s["replica_test_accuracy"], s["replica_train_accuracy"], strict=True)
+    ):
+        rows.append((f"replica {a}", test, train))
+    mean = sum(s["replica_test_accuracy"]) / len(s["replica_test_accuracy"])
+    rows.append(("replica mean", mean, None))
+    lines = [f"{'model':<28} {'test acc':>9} {'train acc':>10}"]
+    for name, test, train in rows:
+        lines.append(f"{name:<28} {test:>9.4f} {'' if train is None else f'{train:.4f}':>10}")
+    lines.append(
+        f"{s['algorithm']} · {s['replicas']} replicas · {s['rounds']} rounds · "
+        f"{s['gradient_evaluations_per_replica']} gradient evaluations per replica · "
+        f"{s['wall_seconds']:.1f} s"
+    )
+    lines.append(f"center_sha256 {s['center_sha256']}")
+    lines.append(f"run directory {run_dir}")
+    return "\n".join(lines)
+
+
+def run(config: Config) -> dict[str, Any]:
+    where = connect()
+    replica_resources(config, ray.cluster_resources())  # fail before any actor starts
+    print(
+        f"wv: {config.algorithm.kind} with {config.algorithm.replicas} replicas of "
+        f"{config.model.arch} on {config.data.dataset}, {config.train.rounds} rounds of "
+        f"K={config.algorithm.coupling_period}, on {where}",
+        flush=True,
+    )
+    coordinator: Any = ray.remote(num_cpus=0)(Coordinator).remote(config, RayReplicaGroup)
+    try:
+        progress: dict[str, Any] = {"round": 0}
+        while progress["round"] < config.train.rounds:
+            progress = ray.get(coordinator.step.remote())
+            print(progress_line(progress, config.train.rounds), flush=True)
+        summary: dict[str, Any] = ray.get(coordinator.finish.remote())
+        ray.get(coordinator.shutdown.remote())
+    finally:
+        ray.kill(coordinator)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = load_config(args.config, args.overrides)
+        check_inputs(config)
+        summary = run(config)
+    except (ConfigError, DatasetError, ResourceError, OSError) as err:
+        print(f"wv: error: {err}", file=sys.stderr)
+        return 2
+    except ray.exceptions.RayTaskError as err:  # the coordinator's own error, in one line
+        print(f"wv: error: {err.cause if err.cause is not None else err}", file=sys.stderr)
+        return 1
+    print(summary_table(summary, Path(config.run.storage) / config.run.name))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,238 @@
+"""One replica's life: its model, local optimizer state and its own data stream.
+
+Replica is a plain class; cluster/actors.py makes it a Ray actor where it is created,
+and tests drive it in-process. One call to round() is one round: the coupling from
+the coordinator first, then K local steps (sgd, rsgd, easgd) or K outer Entropy-SGD
+steps of L inner steps (esgd, parle), and back comes ONE flat buffer plus small stats.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from coordinator import coupling
+from coordinator.transport import readonly_tensor
+from jobs.config import Config
+from jobs.data import Dataset, Split, load_dataset
+from jobs.models import build_model
+from replicas.flat import FlatModule, unflatten_state_
+from replicas.local_steps import entropy_sgd_inner, momentum_step_
+from replicas.stream import BatchStream
+
+EVAL_CHUNK = 1000
+EVAL_TRAIN_SAMPLES = 10_000  # train accuracy on a fixed prefix: enough to read a gap
+
+
+def replica_seed(seed: int, index: int) -> int:
+    """Independent, reproducible seeds per (run seed, replica index)."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+@dataclass(frozen=True)
+class RoundStats:
+    train_loss: float
+    """Mean minibatch loss over the round's local (or inner) steps."""
+    step_seconds: float
+    coupling_seconds: float
+    finite: bool
+
+
+def _metrics(
+    model: torch.nn.Module, split: Split, limit: int | None = None
+) -> tuple[float, float, Tensor]:
+    """(mean loss, accuracy, class probabilities) of a model in eval mode on a split."""
+    model.eval()
+    x, y = (split.x[:limit], split.y[:limit]) if limit else (split.x, split.y)
+    losses, correct, probs = 0.0, 0, []
+    with torch.no_grad():
+        for start in range(0, len(x), EVAL_CHUNK):
+            logits = model(x[start : start + EVAL_CHUNK])
+            target = y[start : start + EVAL_CHUNK]
+            losses += float(F.cross_entropy(logits, target, reduction="sum"))
+            correct += int((logits.argmax(1) == target).sum())
+            probs.append(logits.softmax(1))
+    model.train()
+    return losses / len(x), correct / len(x), torch.cat(probs)
+
+
+class Replica:
+    def __init__(self, index: int, config: Config, device: str = "cpu", threads: int = 0) -> None:
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self.index = index
+        self.config = config
+        self.device = torch.device(device)
+        self.seed = replica_seed(config.run.seed, index)
+        data = load_dataset(config.data.dataset, config.data.root)
+        self.data = Dataset(
+            name=data.name,
+            train=Split(data.train.x.to(self.device), data.train.y.to(self.device)),
+            test=Split(data.test.x.to(self.device), data.test.y.to(self.device)),
+            input_shape=data.input_shape,
+            num_classes=data.num_classes,
+        )
+        self.model = self._new_model(seed=self.seed)
+        self.flat = FlatModule(self.model)
+        self.stream = BatchStream(
+            self.data.train.x, self.data.train.y, config.data.batch_size, seed=self.seed
+        )
+        algo = config.algorithm
+        self.momentum = torch.zeros_like(self.flat.params) if algo.momentum else None
+        self.noise = torch.Generator(device=self.device).manual_seed(self.seed)
+
+    def _new_model(self, seed: int) -> torch.nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = build_model(
+                self.config.model.arch, self.data.input_shape, self.data.num_classes
+            )
+        return model.to(self.device).train()
+
+    def ready(self) -> int:
+        """A cheap call that returns once the constructor has finished (data loaded)."""
+        return self.flat.num_params
+
+    @property
+    def num_params(self) -> int:
+        return self.flat.num_params
+
+    def weights(self) -> np.ndarray:
+        """A copy of the flat vector [parameters | float buffers] as float32 numpy."""
+        return self.flat.flat.detach().to("cpu", copy=True).numpy()
+
+    # ---- one round ---------------------------------------------------------------
+
+    def round(
+        self, center: np.ndarray | None, gamma: float, rho: float
+    ) -> tuple[np.ndarray, RoundStats]:
+        """Apply the coupling against `center`, run K local steps, return the weights."""
+        start = time.perf_counter()
+        kind = self.config.algorithm.kind
+        center_params = None if center is None else self._params_of(center)
+        if center_params is not None:
+            self._pull(kind, center_params, gamma)
+        pulled = time.perf_counter()
+        if kind in ("esgd", "parle"):
+            loss = self._entropy_steps(gamma, rho, center_params if kind == "parle" else None)
+        else:
+            loss = self._sgd_steps()
+        done = time.perf_counter()
+        finite = math.isfinite(loss) and bool(torch.isfinite(self.flat.flat).all())
+        stats = RoundStats(loss, done - pulled, pulled - start, finite)
+        return self._outgoing(), stats
+
+    def _outgoing(self) -> np.ndarray:
+        # On CPU this is a view: Ray copies it into the object store when the call
+        # returns, and in-process callers copy it themselves (see coordinator.LocalGroup).
+        return self.flat.flat.detach().cpu().numpy()
+
+    def _params_of(self, center: np.ndarray) -> Tensor:
+        vector = readonly_tensor(center).to(self.device)
+        if vector.numel() != self.flat.flat.numel():
+            raise ValueError(
+                f"center has {vector.numel()} values, replica has {self.flat.flat.numel()}"
+            )
+        return vector[: self.flat.num_params]
+
+    def _pull(self, kind: str, center_params: Tensor, gamma: float) -> None:
+        algo = self.config.algorithm
+        with torch.no_grad():
+            if kind == "rsgd":
+                coupling.rsgd_pull_(
+                    self.flat.params, center_params, algo.lr, algo.coupling_period, gamma
+                )
+            elif kind == "easgd":  # this replica's half of the synchronous exchange, α = ηρ
+                coupling.elastic_pull_(self.flat.params, center_params, algo.lr * gamma)
+
+    def _loss_and_grad(self) -> Tensor:
+        x, y = self.stream.next()
+        self.flat.zero_grad()
+        with torch.enable_grad():  # the Entropy-SGD loop calls this from inside no_grad
+            loss = F.cross_entropy(self.model(x), y)
+            loss.backward()
+        return loss.detach()
+
+    def _sgd_steps(self) -> float:
+        algo = self.config.algorithm
+        total = torch.zeros((), device=self.device)
+        for _ in range(algo.coupling_period):
+            total += self._loss_and_grad()
+            with torch.no_grad():
+                momentum_step_(
+                    self.flat.params, self.flat.param_grad, self.momentum, algo.lr,
+                    momentum=algo.momentum, nesterov=algo.nesterov, weight_decay=algo.weight_decay,
+                )  # fmt: skip
+        return float(total) / algo.coupling_period  # one device sync per round, not per step
+
+    def _grad_at(self, w_prime: Tensor) -> tuple[Tensor, float]:
+        with torch.no_grad():
+            self.flat.params.copy_(w_prime)
+        loss = self._loss_and_grad()
+        return self.flat.param_grad, float(loss)
+
+    def _entropy_steps(self, gamma: float, rho: float, center_params: Tensor | None) -> float:
+        """K outer Entropy-SGD steps; with a center, Parle's outer step (pull with ρ)."""
+        algo = self.config.algorithm
+        total = 0.0
+        with torch.no_grad():
+            for _ in range(algo.coupling_period):
+                w = self.flat.params.clone()
+                inner = entropy_sgd_inner(
+                    w, self._grad_at, gamma=gamma, inner_lr=algo.inner_lr, noise=algo.noise,
+                    alpha=algo.mu_alpha, steps=algo.inner_steps,
+                    weight_decay=algo.weight_decay, generator=self.noise,
+                )  # fmt: skip
+                total += inner.mean_loss
+                if center_params is None:
+                    direction = w - inner.mu
+                else:
+                    direction = coupling.parle_direction(w, inner.mu, center_params, rho)
+                momentum_step_(
+                    w, direction, self.momentum, algo.lr,
+                    momentum=algo.momentum, nesterov=algo.nesterov,
+                )  # fmt: skip
+                self.flat.params.copy_(w)
+        return total / algo.coupling_period
+
+    # ---- evaluation --------------------------------------------------------------
+
+    def evaluate(self, center: np.ndarray | None = None) -> dict[str, Any]:
+        """This replica's train/test metrics and test probabilities; with a center, the
+        center's too (parameters and buffers loaded, BatchNorm statistics recomputed)."""
+        result = self._report(self.model)
+        if center is not None:
+            scratch = self._new_model(seed=0)
+            unflatten_state_(scratch, readonly_tensor(center).to(self.device))
+            self._recompute_batchnorm(scratch)
+            result["center"] = self._report(scratch)
+            result["test_labels"] = self.data.test.y.cpu().numpy()
+        return result
+
+    def _report(self, model: torch.nn.Module) -> dict[str, Any]:
+        test_loss, test_acc, probs = _metrics(model, self.data.test)
+        train_loss, train_acc, _ = _metrics(model, self.data.train, EVAL_TRAIN_SAMPLES)
+        return {
+            "test_loss": test_loss,
+            "test_accuracy": test_acc,
+            "train_loss": train_loss,
+            "train_accuracy": train_acc,
+            "test_probs": probs.cpu().numpy(),
+        }
+
+    def _recompute_batchnorm(self, model: torch.nn.Module) -> None:
+        """Averaged running statistics do not belong to the averaged weights: recompute
+        them on training data (a fixed set of batches, so every call agrees)."""
+        if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            return
+        batch = self.config.data.batch_size
+        count = min(self.config.train.bn_batches * batch, len(self.data.train.x))
+        batches = [self.data.train.x[i : i + batch] for i in range(0, count, batch)]
+        torch.optim.swa_utils.update_bn(batches, model)

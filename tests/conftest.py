@@ -1,0 +1,35 @@
+"""Shared fixtures: a config factory on small budgets and one data cache for the session."""
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from jobs.config import Config, load_config
+
+ConfigFactory = Callable[..., Config]
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One MNIST-1D Parquet cache for the whole session (generating it takes ~1 s)."""
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, data_root: Path) -> ConfigFactory:
+    """load_config with a small budget, this test's run storage and the shared data cache."""
+
+    def factory(*overrides: str, name: str = "t") -> Config:
+        base = [
+            f"run.storage={tmp_path / 'runs'}",
+            f"run.name={name}",
+            f"data.root={data_root}",
+            "algorithm.replicas=2",
+            "algorithm.coupling_period=5",
+            "train.rounds=4",
+            "train.eval_every=2",
+        ]
+        return load_config(None, [*base, *overrides])
+
+    return factory
