@@ -15,7 +15,7 @@ import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from coordinator.coordinator import RoundResults
+from coordinator.groups import ReplicaLost, RoundOutcome
 from jobs.config import Config
 from replicas.replica import Replica
 
@@ -24,10 +24,6 @@ STARTUP_TIMEOUT_S = 300.0
 
 class ResourceError(RuntimeError):
     """The cluster cannot hold the replicas this run asks for."""
-
-
-class RoundTimeoutError(TimeoutError):
-    """Some replicas did not finish a round within train.round_timeout_s."""
 
 
 def replica_resources(config: Config, cluster: dict[str, float]) -> dict[str, float]:
@@ -52,12 +48,14 @@ def replica_resources(config: Config, cluster: dict[str, float]) -> dict[str, fl
 class RayReplicaGroup:
     """The replicas of one run as Ray actors in one placement group (PACK)."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, replica_cls: type[Replica] = Replica) -> None:
         self.config = config
+        self.replica_cls = replica_cls  # tests pass a subclass that injects faults
         self.bundle = replica_resources(config, ray.cluster_resources())
         y = config.algorithm.replicas
         self.pg: PlacementGroup = placement_group([dict(self.bundle)] * y, strategy="PACK")
         self.actors: list[Any] = []
+        self.lost: set[int] = set()
         try:
             ray.get(self.pg.ready(), timeout=STARTUP_TIMEOUT_S)
             self.actors = [self._start(i) for i in range(y)]
@@ -69,7 +67,7 @@ class RayReplicaGroup:
 
     def _start(self, index: int) -> Any:
         gpus = self.bundle.get("GPU", 0.0)
-        actor_cls = ray.remote(Replica)
+        actor_cls = ray.remote(self.replica_cls)
         return actor_cls.options(
             num_cpus=self.bundle["CPU"],
             num_gpus=gpus,
@@ -79,26 +77,57 @@ class RayReplicaGroup:
             name=None,
         ).remote(index, self.config, "cuda" if gpus else "cpu", max(1, int(self.bundle["CPU"])))
 
-    def run_round(self, center: np.ndarray | None, gamma: float, rho: float) -> RoundResults:
+    def run_round(self, center: np.ndarray | None, gamma: float, rho: float) -> list[RoundOutcome]:
         # One ray.put: every replica reads the same object-store copy of the center.
         center_ref = ray.put(center) if center is not None else None
         refs = [a.round.remote(center_ref, gamma, rho) for a in self.actors]
         return self._gather(refs)
+
+    def _gather(self, refs: list[Any]) -> list[RoundOutcome]:
+        """Wait for all replicas at once; the dead and the late come back as ReplicaLost."""
+        timeout = self.config.train.round_timeout_s
+        _, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+        outcomes: list[RoundOutcome] = []
+        for index, ref in enumerate(refs):
+            if ref in pending:
+                outcomes.append(self._lose(index, f"no result within {timeout:g} s"))
+                continue
+            try:
+                outcomes.append(ray.get(ref))
+            except ray.exceptions.RayActorError as err:
+                outcomes.append(self._lose(index, f"actor died ({type(err).__name__})"))
+        return outcomes
+
+    def _lose(self, index: int, reason: str) -> ReplicaLost:
+        ray.kill(self.actors[index])  # a hung actor must not come back and write later
+        self.lost.add(index)
+        return ReplicaLost(reason)
 
     def evaluate(self, center: np.ndarray) -> list[dict[str, Any]]:
         center_ref = ray.put(center)
         refs = [
             a.evaluate.remote(center_ref if i == 0 else None) for i, a in enumerate(self.actors)
         ]
-        return self._gather(refs)
+        results: list[dict[str, Any]] = ray.get(refs, timeout=self.config.train.round_timeout_s)
+        return results
 
-    def _gather(self, refs: list[Any]) -> Any:
-        timeout = self.config.train.round_timeout_s
-        _ready, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout)
-        if pending:
-            slow = [refs.index(ref) for ref in pending]
-            raise RoundTimeoutError(f"replicas {slow} did not finish within {timeout:g} s")
-        return ray.get(refs)
+    def states(self) -> list[dict[str, Any]]:
+        states: list[dict[str, Any]] = ray.get([a.state_dict.remote() for a in self.actors])
+        return states
+
+    def load_states(self, states: list[dict[str, Any]]) -> None:
+        refs = [a.load_state_dict.remote(s) for a, s in zip(self.actors, states, strict=True)]
+        ray.get(refs, timeout=STARTUP_TIMEOUT_S)
+
+    def replace(self, index: int, state: dict[str, Any]) -> None:
+        if index in self.lost:  # its bundle in the placement group is free again
+            self.actors[index] = self._start(index)
+            self.lost.discard(index)
+        ray.get(self.actors[index].load_state_dict.remote(state), timeout=STARTUP_TIMEOUT_S)
+
+    def pids(self) -> list[int]:
+        pids: list[int] = ray.get([a.pid.remote() for a in self.actors])
+        return pids
 
     def shutdown(self) -> None:
         for actor in self.actors:

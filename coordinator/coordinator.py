@@ -4,8 +4,11 @@ Each round: send the center (or nothing) with γ and ρ to every replica, gather
 buffer per replica, refuse non-finite results, form the new center (the mean, or
 EASGD's explicit w̃), advance the scoping schedules, record one metrics row per
 replica, and every E rounds evaluate the center, the replicas and their ensemble.
-The replicas sit behind a ReplicaGroup: in-process objects here (LocalGroup), Ray
-actors in cluster/actors.py, so tests step this class without a cluster.
+The replicas sit behind a ReplicaGroup (coordinator/groups.py): in-process objects or
+Ray actors (cluster/actors.py), so tests step this class without a cluster. A replica
+that is lost or diverges never reaches the center: it restarts from the new center.
+Every C rounds (and at the end) a checkpoint; a new Coordinator on the same run
+directory resumes from the newest good one.
 """
 
 from __future__ import annotations
@@ -14,60 +17,38 @@ import hashlib
 import math
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from coordinator import coupling
+from coordinator import checkpoint, coupling
+from coordinator.groups import ReplicaGroup, ReplicaLost, RoundOutcome
 from coordinator.rundir import RunDir
 from coordinator.scoping import Scope
 from coordinator.transport import stack_weights
-from jobs.config import Config, to_toml
-from replicas.replica import Replica, RoundStats
-
-RoundResults = list[tuple[np.ndarray, RoundStats]]
-
-
-class DivergenceError(RuntimeError):
-    """A replica's loss or weights became NaN or infinite."""
-
-
-class ReplicaGroup(Protocol):
-    size: int
-    num_params: int
-
-    def run_round(self, center: np.ndarray | None, gamma: float, rho: float) -> RoundResults: ...
-
-    def evaluate(self, center: np.ndarray) -> list[dict[str, Any]]: ...
-
-    def shutdown(self) -> None: ...
-
+from jobs.config import Config, to_dict, to_toml
+from replicas.replica import RoundStats, replica_seed
 
 GroupFactory = Callable[[Config], ReplicaGroup]
 
 
-class LocalGroup:
-    """Replicas as plain objects in this process, stepped one after another."""
+class DivergenceError(RuntimeError):
+    """A replica's loss or weights became NaN or infinite (train.on_divergence = "stop")."""
 
-    def __init__(self, config: Config) -> None:
-        self.replicas = [Replica(i, config) for i in range(config.algorithm.replicas)]
-        self.size = len(self.replicas)
-        self.num_params = self.replicas[0].num_params
 
-    def run_round(self, center: np.ndarray | None, gamma: float, rho: float) -> RoundResults:
-        out = []
-        for replica in self.replicas:
-            weights, stats = replica.round(center, gamma, rho)
-            out.append((weights.copy(), stats))  # the replica keeps training its buffer
-        return out
+class RunFailed(RuntimeError):
+    """The run cannot go on: every replica failed in one round, or one keeps failing."""
 
-    def evaluate(self, center: np.ndarray) -> list[dict[str, Any]]:
-        return [r.evaluate(center if i == 0 else None) for i, r in enumerate(self.replicas)]
 
-    def shutdown(self) -> None:
-        self.replicas.clear()
+class ResumeMismatch(ValueError):
+    """The run directory holds a checkpoint of a differently configured run."""
+
+
+MAX_CONSECUTIVE_FAILURES = 3
+# A resumed run may change how long it trains and how it reports, not what it trains.
+RESUMABLE_CHANGES = ("train", "run.name", "run.storage")
 
 
 def make_scopes(config: Config) -> tuple[Scope, Scope]:
@@ -94,72 +75,161 @@ def center_sha256(center: Tensor, num_params: int) -> str:
     ).hexdigest()
 
 
+def check_same_run(saved: dict[str, Any], now: dict[str, Any], where: str) -> None:
+    """Refuse to resume a run directory with a config that trains something else."""
+    for section, values in saved.items():
+        for key, value in values.items():
+            name = f"{section}.{key}"
+            if section in RESUMABLE_CHANGES or name in RESUMABLE_CHANGES:
+                continue
+            current = now.get(section, {}).get(key)
+            if current != value:
+                raise ResumeMismatch(
+                    f"{where} holds a run with {name} = {value!r}, not {current!r}: "
+                    "use --fresh to start over, or another run.name"
+                )
+
+
 class Coordinator:
-    def __init__(self, config: Config, group_factory: GroupFactory) -> None:
+    def __init__(self, config: Config, group_factory: GroupFactory, *, fresh: bool = False) -> None:
         self.config = config
         self.run = RunDir(config.run.storage, config.run.name)
-        self.run.write_text("config.toml", to_toml(config))
+        if fresh:
+            self.run.clear()
         self.gamma, self.rho = make_scopes(config)
         self.group = group_factory(config)
+        y = self.group.size
         self.round = 0
         self.center: Tensor | None = None
         self.sent_center: np.ndarray | None = None  # what the replicas pull toward next round
         self.rows: list[dict[str, Any]] = []
         self.evaluations: list[dict[str, Any]] = []
-        self.last_finite_loss = [math.nan] * self.group.size
+        self.last_finite_loss = [math.nan] * y
+        self.lr_scale = [1.0] * y
+        self.positions = [(0, 0)] * y  # each replica's data position after its last good round
+        self.failures = [0] * y  # consecutive rounds each replica has failed
         self.started = time.time()
-        self.run.event("start", replicas=self.group.size, algorithm=config.algorithm.kind)
+        self.resumed_from = self._resume()
+        if self.resumed_from is None:
+            self.run.write_text("config.toml", to_toml(config))
+            self.run.event("start", replicas=y, algorithm=config.algorithm.kind)
 
     @property
     def done(self) -> bool:
         return self.round >= self.config.train.rounds
 
+    def status(self) -> dict[str, Any]:
+        return {
+            "round": self.round,
+            "rounds": self.config.train.rounds,
+            "resumed_from": self.resumed_from,
+        }
+
+    # ---- one round ---------------------------------------------------------------
+
     def step(self) -> dict[str, Any]:
         """Run one round; returns a short progress record for the driver to print."""
         r, gamma, rho = self.round, self.gamma.value(), self.rho.value()
         started = time.perf_counter()
-        results = self.group.run_round(self.sent_center, gamma, rho)
+        outcomes = self.group.run_round(self.sent_center, gamma, rho)
         gathered = time.perf_counter()
-        stats = [s for _, s in results]
-        self._refuse_divergence(r, stats)
-        weights = stack_weights([w for w, _ in results])
-        distances = self._update_center(weights)
-        losses = [s.train_loss for s in stats]
+        failed = self._failures(r, outcomes)
+        good = [a for a in range(self.group.size) if a not in failed]
+        stats = {a: self._stats(outcomes[a]) for a in good}
+        weights = stack_weights([self._weights(outcomes[a]) for a in good])
+        distances = dict(zip(good, self._update_center(weights).tolist(), strict=True))
+        for a, reason in failed.items():
+            self._restart(r, a, reason)
+        losses = [stats[a].train_loss for a in good]
         if r == 0:
-            half_sq = float((distances**2).mean()) / 2
+            half_sq = float(np.mean([d * d for d in distances.values()])) / 2
             self.gamma.calibrate(float(np.mean(losses)), half_sq)
-        self._record(
-            r, gamma, rho, stats, distances, gathered - started, time.perf_counter() - gathered
-        )
+        center_s = time.perf_counter() - gathered
+        self._record(r, gamma, rho, stats, distances, failed, gathered - started, center_s)
         self.round += 1
         self.gamma.step()
         self.rho.step()
         progress: dict[str, Any] = {
-            "round": r + 1,
+            "round": self.round,
             "gamma": gamma,
             "mean_loss": float(np.mean(losses)),
-            "mean_distance": float(distances.mean()),
+            "mean_distance": float(np.mean(list(distances.values()))),
             "seconds": time.perf_counter() - started,
+            "failed": sorted(failed),
         }
         if self.round % self.config.train.eval_every == 0 or self.done:
             progress["center_test_accuracy"] = self.evaluate()["center"]["test_accuracy"]
+        every = self.config.train.checkpoint_every
+        if every and self.round % every == 0 and not self.done:
+            self.checkpoint()
         return progress
 
-    def _refuse_divergence(self, r: int, stats: list[RoundStats]) -> None:
-        for a, s in enumerate(stats):
-            if not s.finite:
-                self.run.event(
-                    "divergence", round=r, replica=a, last_finite_loss=self.last_finite_loss[a]
+    @staticmethod
+    def _stats(outcome: RoundOutcome) -> RoundStats:
+        assert not isinstance(outcome, ReplicaLost)
+        return outcome[1]
+
+    @staticmethod
+    def _weights(outcome: RoundOutcome) -> np.ndarray:
+        assert not isinstance(outcome, ReplicaLost)
+        return outcome[0]
+
+    def _failures(self, r: int, outcomes: list[RoundOutcome]) -> dict[int, str]:
+        """Replicas whose round must not reach the center: lost or diverged (→ reason)."""
+        failed: dict[int, str] = {}
+        for a, outcome in enumerate(outcomes):
+            if isinstance(outcome, ReplicaLost):
+                failed[a] = f"lost: {outcome.reason}"
+            elif not outcome[1].finite:
+                self._diverged(r, a, outcome[1])
+                failed[a] = f"diverged (loss {outcome[1].train_loss})"
+            else:
+                self.last_finite_loss[a] = outcome[1].train_loss
+                self.positions[a] = outcome[1].position
+                self.failures[a] = 0
+        if len(failed) == len(outcomes):
+            self._stop(RunFailed(f"every replica failed in round {r}: {failed}"))
+        for a in failed:
+            self.failures[a] += 1
+            if self.failures[a] >= MAX_CONSECUTIVE_FAILURES:
+                self._stop(
+                    RunFailed(f"replica {a} failed {self.failures[a]} rounds in a row: {failed[a]}")
                 )
-                self._save_metrics()
-                raise DivergenceError(
-                    f"replica {a} diverged in round {r} (loss {s.train_loss}); "
-                    f"its last finite loss was {self.last_finite_loss[a]:.6g}"
-                )
-            self.last_finite_loss[a] = s.train_loss
+        return failed
+
+    def _diverged(self, r: int, a: int, stats: RoundStats) -> None:
+        last = self.last_finite_loss[a]
+        self.run.event(
+            "divergence", round=r, replica=a, loss=str(stats.train_loss), last_finite_loss=last
+        )
+        if self.config.train.on_divergence == "stop":
+            self._stop(DivergenceError(
+                f"replica {a} diverged in round {r} (loss {stats.train_loss}); "
+                f"its last finite loss was {last:.6g}"
+            ))  # fmt: skip
+
+    def _stop(self, error: Exception) -> None:
+        """Keep what was measured, then fail the run with one clear line."""
+        self._save_metrics()
+        self.run.event("stopped", reason=str(error))
+        raise error
+
+    def _restart(self, r: int, a: int, reason: str) -> None:
+        """Replica a starts again from the new center, its data stream where it was."""
+        assert self.center is not None
+        if reason.startswith("diverged"):
+            self.lr_scale[a] /= 2
+        epoch, offset = self.positions[a]
+        stream = {"seed": replica_seed(self.config.run.seed, a), "epoch": epoch, "offset": offset}
+        state = {"flat": self.center.clone(), "momentum": None, "noise": None, "stream": stream,
+                 "lr_scale": self.lr_scale[a]}  # fmt: skip
+        self.group.replace(a, state)
+        self.run.event(
+            "replica_restarted", round=r, replica=a, reason=reason, lr_scale=self.lr_scale[a]
+        )
 
     def _update_center(self, weights: Tensor) -> Tensor:
-        """New center from the gathered [y, n] weights; returns ‖w^a − center‖ per replica."""
+        """New center from the gathered [y, n] weights; returns ‖w^a − center‖ per row."""
         p = self.group.num_params
         if self.config.algorithm.kind == "easgd":
             if self.center is None:  # w̃ starts at the replicas' mean
@@ -175,18 +245,23 @@ class Coordinator:
         return coupling.squared_distances(weights[:, :p], self.center[:p]).sqrt()
 
     def _record(
-        self, r: int, gamma: float, rho: float, stats: list[RoundStats], distances: Tensor,
-        round_s: float, center_s: float,
+        self, r: int, gamma: float, rho: float, stats: dict[int, RoundStats],
+        distances: dict[int, float], failed: dict[int, str], round_s: float, center_s: float,
     ) -> None:  # fmt: skip
-        for a, s in enumerate(stats):
+        for a in range(self.group.size):
+            s = stats.get(a)
             self.rows.append({
-                "round": r, "replica": a, "train_loss": s.train_loss,
-                "distance_to_center": float(distances[a]), "gamma": gamma, "rho": rho,
-                "lr": self.config.algorithm.lr, "step_seconds": s.step_seconds,
-                "coupling_seconds": s.coupling_seconds, "round_seconds": round_s,
-                "center_seconds": center_s, "test_accuracy": None,
+                "round": r, "replica": a, "train_loss": s.train_loss if s else None,
+                "distance_to_center": distances.get(a), "gamma": gamma, "rho": rho,
+                "lr": self.config.algorithm.lr * self.lr_scale[a],
+                "step_seconds": s.step_seconds if s else None,
+                "coupling_seconds": s.coupling_seconds if s else None,
+                "round_seconds": round_s, "center_seconds": center_s,
+                "failure": failed.get(a), "test_accuracy": None,
                 "center_test_accuracy": None, "ensemble_test_accuracy": None,
             })  # fmt: skip
+
+    # ---- evaluation, checkpoints, the end ----------------------------------------
 
     def evaluate(self) -> dict[str, Any]:
         """Evaluate center, replicas and their output ensemble; note it in the metrics."""
@@ -214,13 +289,62 @@ class Coordinator:
         if self.rows:
             self.run.write_table("metrics.parquet", self.rows)
 
+    def checkpoint(self) -> str:
+        """Save all that resuming at self.round needs (metrics first: they must cover it)."""
+        self._save_metrics()
+        sent = None if self.sent_center is None else torch.from_numpy(self.sent_center.copy())
+        state = {
+            "round": self.round,
+            "config": to_dict(self.config),
+            "center": self.center,
+            "sent_center": sent,
+            "gamma": self.gamma.state_dict(),
+            "rho": self.rho.state_dict(),
+            "last_finite_loss": self.last_finite_loss,
+            "lr_scale": self.lr_scale,
+            "positions": [list(p) for p in self.positions],
+            "evaluations": self.evaluations,
+            "replicas": self.group.states(),
+        }
+        where = checkpoint.save(
+            self.run, self.round, state, keep=self.config.train.keep_checkpoints
+        )
+        self.run.event("checkpoint", round=self.round)
+        return where
+
+    def _resume(self) -> int | None:
+        """Continue from the newest good checkpoint, if there is one; returns its round."""
+
+        def corrupt(round_: int, why: str) -> None:
+            self.run.event("checkpoint_skipped", round=round_, reason=why)
+
+        found = checkpoint.load_latest(self.run, on_corrupt=corrupt)
+        if found is None:
+            return None
+        round_, state = found
+        check_same_run(state["config"], to_dict(self.config), self.run.path)
+        self.round = round_
+        self.center = state["center"]
+        sent = state["sent_center"]
+        self.sent_center = None if sent is None else sent.numpy()
+        self.gamma = Scope.from_state_dict(state["gamma"])
+        self.rho = Scope.from_state_dict(state["rho"])
+        self.last_finite_loss = list(state["last_finite_loss"])
+        self.lr_scale = list(state["lr_scale"])
+        self.positions = [(int(e), int(o)) for e, o in state["positions"]]
+        self.evaluations = list(state["evaluations"])
+        self.group.load_states(state["replicas"])
+        self.rows = [row for row in self.run.read_table("metrics.parquet") if row["round"] < round_]
+        self.run.event("resume", round=round_)
+        return round_
+
     def finish(self) -> dict[str, Any]:
-        """Final evaluation (if the last round had none), summary.json, plots."""
-        if self.center is None:
-            raise RuntimeError("no round has run")
+        """Final evaluation (if the last round had none), checkpoint, summary.json, plots."""
         last = self.evaluations[-1] if self.evaluations else None
         if last is None or last["round"] != self.round:
             last = self.evaluate()
+        if self.round not in checkpoint.rounds(self.run):
+            self.checkpoint()
         summary = self._summary(last)
         self.run.write_json("summary.json", summary)
         self._plot()
@@ -232,6 +356,9 @@ class Coordinator:
         entropy = algo.kind in ("esgd", "parle")
         grads = self.round * algo.coupling_period * (algo.inner_steps if entropy else 1)
         final_rows = self.rows[-self.group.size :]
+        distances = [
+            r["distance_to_center"] for r in final_rows if r["distance_to_center"] is not None
+        ]
         return {
             "run": self.config.run.name,
             "algorithm": algo.kind,
@@ -244,13 +371,10 @@ class Coordinator:
             "replica_test_accuracy": [r["test_accuracy"] for r in last["replicas"]],
             "replica_train_accuracy": [r["train_accuracy"] for r in last["replicas"]],
             "ensemble_test_accuracy": last["ensemble_test_accuracy"],
-            "mean_distance_to_center": float(
-                np.mean([r["distance_to_center"] for r in final_rows])
-            ),
+            "mean_distance_to_center": float(np.mean(distances)) if distances else None,
             "final_gamma": final_rows[0]["gamma"],
-            "center_sha256": center_sha256(self.center, self.group.num_params)
-            if self.center is not None
-            else "",
+            "center_sha256": center_sha256(self._final_center(), self.group.num_params),
+            "resumed_from": self.resumed_from,
             "wall_seconds": time.time() - self.started,
         }
 
@@ -262,7 +386,7 @@ class Coordinator:
     def _plot(self) -> None:
         from jobs.plots import training_curves  # matplotlib only where plots are drawn
 
-        training_curves(self.rows, self.evaluations, self.run.path / "plots" / "training.png")
+        self.run.write_bytes("plots/training.png", training_curves(self.rows, self.evaluations))
 
     def shutdown(self) -> None:
         self.group.shutdown()

@@ -1,58 +1,88 @@
-"""The run directory <storage>/<name>/: config, metrics, events, summary, plots.
+"""The run directory <storage>/<name>/: config, metrics, events, summary, plots, checkpoints.
 
-Every file is written under a temporary name and renamed into place, so a crash at any
-moment leaves either the previous complete file or the new one, never half of one.
+It lives on any pyarrow filesystem (coordinator/storage.py). Every file is replaced
+whole, atomically where the filesystem allows, so a crash at any moment leaves the
+previous complete file or the new one, never half of one. events.jsonl is rewritten
+whole rather than appended because object stores cannot append (events are few).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+from coordinator.storage import Storage
 
 
 class RunDir:
-    def __init__(self, storage: str | os.PathLike[str], name: str) -> None:
-        self.path = Path(storage) / name
+    def __init__(self, storage: str, name: str) -> None:
+        self.storage = Storage(storage).child(name)
         try:
-            (self.path / "plots").mkdir(parents=True, exist_ok=True)
+            self.storage.mkdir("plots")
         except OSError as err:
-            raise OSError(f"cannot create the run directory {self.path}: {err.strerror}") from None
+            raise OSError(f"cannot create the run directory {self.storage}: {err}") from None
+        self._events = self._read_events()
 
-    def write_text(self, name: str, text: str) -> Path:
-        target = self.path / name
-        _atomic_write(target, text.encode())
-        return target
+    @property
+    def path(self) -> str:
+        return str(self.storage)
 
-    def write_json(self, name: str, value: Any) -> Path:
-        return self.write_text(name, json.dumps(value, indent=2, sort_keys=True) + "\n")
+    def exists(self, name: str) -> bool:
+        return self.storage.exists(name)
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        self.storage.write_bytes(name, data)
+
+    def read_bytes(self, name: str) -> bytes:
+        return self.storage.read_bytes(name)
+
+    def write_text(self, name: str, text: str) -> None:
+        self.storage.write_bytes(name, text.encode())
+
+    def write_json(self, name: str, value: Any) -> None:
+        self.write_text(name, json.dumps(value, indent=2, sort_keys=True) + "\n")
+
+    def read_json(self, name: str) -> Any:
+        return json.loads(self.read_bytes(name))
+
+    def _read_events(self) -> list[dict[str, Any]]:
+        if not self.exists("events.jsonl"):
+            return []
+        text = self.read_bytes("events.jsonl").decode()
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
 
     def event(self, kind: str, **fields: Any) -> None:
-        """Append one line to events.jsonl (failures, restarts, resumes, start, finish)."""
-        line = json.dumps({"time": time.time(), "event": kind, **fields}, sort_keys=True)
-        with (self.path / "events.jsonl").open("a") as f:
-            f.write(line + "\n")
+        """Record one event (start, resume, replica_replaced, divergence, …)."""
+        self._events.append({"time": time.time(), "event": kind, **fields})
+        lines = [json.dumps(e, sort_keys=True) for e in self._events]
+        self.write_text("events.jsonl", "\n".join(lines) + "\n")
 
     def events(self) -> list[dict[str, Any]]:
-        path = self.path / "events.jsonl"
-        if not path.exists():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return list(self._events)
 
-    def write_table(self, name: str, rows: list[dict[str, Any]]) -> Path:
-        target = self.path / name
-        tmp = target.with_name(f".{name}.tmp-{os.getpid()}")
-        pq.write_table(pa.Table.from_pylist(rows), tmp)
-        os.replace(tmp, target)
-        return target
+    def write_table(self, name: str, rows: list[dict[str, Any]]) -> None:
+        sink = pa.BufferOutputStream()
+        pq.write_table(pa.Table.from_pylist(rows), sink)
+        self.write_bytes(name, sink.getvalue().to_pybytes())
+
+    def read_table(self, name: str) -> list[dict[str, Any]]:
+        if not self.exists(name):
+            return []
+        rows: list[dict[str, Any]] = pq.read_table(
+            pa.BufferReader(self.read_bytes(name))
+        ).to_pylist()
+        return rows
+
+    def clear(self) -> None:
+        """Start over (--fresh): remove everything a previous run wrote here."""
+        for name in ("checkpoints", "plots"):
+            self.storage.delete_dir(name)
+        for name in ("metrics.parquet", "events.jsonl", "summary.json", "config.toml"):
+            if self.exists(name):
+                self.storage.fs.delete_file(self.storage.path(name))
+        self.storage.mkdir("plots")
+        self._events = []

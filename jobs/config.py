@@ -117,6 +117,14 @@ class TrainConfig:
     """Seconds one round may take before the run fails with the slow replicas named."""
     bn_batches: int = knob(20, lo=1)
     """Training batches used to recompute the center's BatchNorm statistics."""
+    checkpoint_every: int = knob(50, lo=0)
+    """C: checkpoint every C rounds (and at the end); 0 = only at the end."""
+    keep_checkpoints: int = knob(3, lo=1, hi=1000)
+    """How many of the newest checkpoints to keep."""
+    on_divergence: str = knob("stop", choices=("stop", "restart"))
+    """NaN/inf: stop the run, or restart that replica from the center with its lr halved."""
+    deterministic: bool = knob(True)
+    """Deterministic kernels, so a resumed run ends bit-identical to an uninterrupted one."""
 
 
 @dataclass(kw_only=True)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import io
+import math
 from typing import Any
 
 import matplotlib
@@ -11,19 +12,17 @@ matplotlib.use("Agg")  # no display on cluster nodes
 import matplotlib.pyplot as plt
 
 
-def training_curves(
-    rows: list[dict[str, Any]], evaluations: list[dict[str, Any]], path: Path
-) -> Path:
+def training_curves(rows: list[dict[str, Any]], evaluations: list[dict[str, Any]]) -> bytes:
     """Three panels: train loss and ‖w^a − w̄‖ per replica by round; test accuracies."""
     fig, (ax_loss, ax_dist, ax_acc) = plt.subplots(1, 3, figsize=(15, 4.2))
     replicas = sorted({row["replica"] for row in rows})
     for a in replicas:
         mine = [row for row in rows if row["replica"] == a]
         rounds = [row["round"] + 1 for row in mine]
-        ax_loss.plot(rounds, [row["train_loss"] for row in mine], label=f"replica {a}", lw=1)
-        ax_dist.plot(
-            rounds, [row["distance_to_center"] for row in mine], label=f"replica {a}", lw=1
-        )
+        # A round a replica lost has no loss or distance: a gap in its line, not a zero.
+        for ax, key in ((ax_loss, "train_loss"), (ax_dist, "distance_to_center")):
+            values = [math.nan if row[key] is None else row[key] for row in mine]
+            ax.plot(rounds, values, label=f"replica {a}", lw=1)
     ax_loss.set(title="Training loss (mean over the round)", xlabel="round", ylabel="cross-entropy")
     ax_dist.set(title="Distance to the center ‖w − w̄‖", xlabel="round", ylabel="L2 distance")
     ax_dist.set_yscale("symlog", linthresh=1e-3)
@@ -40,6 +39,7 @@ def training_curves(
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    out = io.BytesIO()
+    fig.savefig(out, format="png", dpi=110)
     plt.close(fig)
-    return path
+    return out.getvalue()

@@ -3,23 +3,27 @@
 Attaches to RAY_ADDRESS's cluster (as under `ray job submit`) or starts a local Ray,
 starts the Coordinator actor (which starts the replica actors), prints one line per
 round and a summary table, and leaves everything in <run.storage>/<run.name>/.
-Bad input fails before any actor starts, with one line and exit status 2.
+Running the same command again resumes from the run's last good checkpoint (--fresh
+starts over). Bad input fails before any actor starts, with one line and exit status
+2; a run that fails while training exits with 1, its metrics and events kept.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
-from pathlib import Path
+import tomllib
 from typing import Any
 
 import ray
 
 from cluster.actors import RayReplicaGroup, ResourceError, replica_resources
 from cluster.session import connect
-from coordinator.coordinator import Coordinator
-from jobs.config import CONFIG_DIR, Config, ConfigError, load_config
+from coordinator import checkpoint
+from coordinator.coordinator import Coordinator, ResumeMismatch, check_same_run
+from coordinator.rundir import RunDir
+from coordinator.storage import Storage
+from jobs.config import CONFIG_DIR, Config, ConfigError, load_config, to_dict
 from jobs.data import DatasetError, load_dataset
 
 DEFAULT_CONFIG = CONFIG_DIR / "default.toml"
@@ -29,24 +33,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m jobs.train", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="run config (TOML)")
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="run config (TOML)")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override one config key, e.g. --set algorithm.replicas=8 (repeatable)",
     )  # fmt: skip
+    parser.add_argument(
+        "--fresh", action="store_true",
+        help="start over: delete this run's checkpoints, metrics and events instead of resuming",
+    )  # fmt: skip
     return parser.parse_args(argv)
 
 
-def check_inputs(config: Config) -> None:
+def check_inputs(config: Config, fresh: bool) -> None:
     """Everything that can be checked before any actor starts."""
-    storage = Path(config.run.storage)
-    try:
-        storage.mkdir(parents=True, exist_ok=True)
-        probe = storage / f".wv-write-test-{time.time_ns()}"
-        probe.touch()
-        probe.unlink()
-    except OSError as err:
-        raise OSError(f"run.storage {str(storage)!r} is not writable: {err.strerror}") from None
+    Storage(config.run.storage).check_writable()
+    run = RunDir(config.run.storage, config.run.name)
+    if not fresh and checkpoint.rounds(run) and run.exists("config.toml"):
+        saved = tomllib.loads(run.read_bytes("config.toml").decode())
+        check_same_run(saved, to_dict(config), run.path)
     # Builds the Parquet cache once here, so the replicas only read it.
     load_dataset(config.data.dataset, config.data.root)
 
@@ -61,7 +66,7 @@ def progress_line(p: dict[str, Any], rounds: int) -> str:
     return line
 
 
-def summary_table(s: dict[str, Any], run_dir: Path) -> str:
+def summary_table(s: dict[str, Any], run_dir: str) -> str:
     rows = [("center", s["center_test_accuracy"], s["center_train_accuracy"])]
     rows.append(("ensemble (outputs averaged)", s["ensemble_test_accuracy"], None))
     for a, (test, train) in enumerate(
@@ -83,7 +88,7 @@ def summary_table(s: dict[str, Any], run_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def run(config: Config) -> dict[str, Any]:
+def run(config: Config, fresh: bool = False) -> dict[str, Any]:
     where = connect()
     replica_resources(config, ray.cluster_resources())  # fail before any actor starts
     print(
@@ -92,12 +97,18 @@ def run(config: Config) -> dict[str, Any]:
         f"K={config.algorithm.coupling_period}, on {where}",
         flush=True,
     )
-    coordinator: Any = ray.remote(num_cpus=0)(Coordinator).remote(config, RayReplicaGroup)
+    coordinator: Any = ray.remote(num_cpus=0)(Coordinator).remote(
+        config, RayReplicaGroup, fresh=fresh
+    )
     try:
-        progress: dict[str, Any] = {"round": 0}
-        while progress["round"] < config.train.rounds:
+        status = ray.get(coordinator.status.remote())
+        if status["resumed_from"] is not None:
+            print(f"wv: resuming from the checkpoint at round {status['resumed_from']}", flush=True)
+        at = status["round"]
+        while at < config.train.rounds:
             progress = ray.get(coordinator.step.remote())
             print(progress_line(progress, config.train.rounds), flush=True)
+            at = progress["round"]
         summary: dict[str, Any] = ray.get(coordinator.finish.remote())
         ray.get(coordinator.shutdown.remote())
     finally:
@@ -105,19 +116,28 @@ def run(config: Config) -> dict[str, Any]:
     return summary
 
 
+def one_line(err: ray.exceptions.RayError) -> str:
+    """The error a Ray actor raised, as one line (not Ray's wrapped traceback)."""
+    cause = getattr(err, "cause", None)
+    if cause is not None:
+        return f"{type(cause).__name__}: {cause}"
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[-1] if lines else type(err).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         config = load_config(args.config, args.overrides)
-        check_inputs(config)
-        summary = run(config)
-    except (ConfigError, DatasetError, ResourceError, OSError) as err:
+        check_inputs(config, args.fresh)
+        summary = run(config, fresh=args.fresh)
+    except (ConfigError, DatasetError, ResourceError, ResumeMismatch, OSError) as err:
         print(f"wv: error: {err}", file=sys.stderr)
         return 2
-    except ray.exceptions.RayTaskError as err:  # the coordinator's own error, in one line
-        print(f"wv: error: {err.cause if err.cause is not None else err}", file=sys.stderr)
+    except ray.exceptions.RayError as err:
+        print(f"wv: error: {one_line(err)}", file=sys.stderr)
         return 1
-    print(summary_table(summary, Path(config.run.storage) / config.run.name))
+    print(summary_table(summary, RunDir(config.run.storage, config.run.name).path))
     return 0
 
 

@@ -9,6 +9,7 @@ steps of L inner steps (esgd, parle), and back comes ONE flat buffer plus small 
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +44,8 @@ class RoundStats:
     step_seconds: float
     coupling_seconds: float
     finite: bool
+    position: tuple[int, int] = (0, 0)
+    """The data stream's (epoch, offset) after the round: where a replacement resumes."""
 
 
 def _metrics(
@@ -70,6 +73,11 @@ class Replica:
         self.index = index
         self.config = config
         self.device = torch.device(device)
+        if config.train.deterministic and self.device.type == "cuda":
+            # The CPU kernels used here are deterministic at a fixed thread count already
+            # (and this call costs a 1.3 s import); on GPUs it pins the nondeterministic
+            # ones (warn_only: an op without a deterministic kernel warns, not fails).
+            torch.use_deterministic_algorithms(True, warn_only=True)
         self.seed = replica_seed(config.run.seed, index)
         data = load_dataset(config.data.dataset, config.data.root)
         self.data = Dataset(
@@ -87,6 +95,7 @@ class Replica:
         algo = config.algorithm
         self.momentum = torch.zeros_like(self.flat.params) if algo.momentum else None
         self.noise = torch.Generator(device=self.device).manual_seed(self.seed)
+        self.lr_scale = 1.0  # halved each time this replica is restarted after diverging
 
     def _new_model(self, seed: int) -> torch.nn.Module:
         with torch.random.fork_rng(devices=[]):
@@ -99,6 +108,38 @@ class Replica:
     def ready(self) -> int:
         """A cheap call that returns once the constructor has finished (data loaded)."""
         return self.flat.num_params
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue bit-exactly: weights and buffers, momentum, the
+        data position, the SGLD noise generator and the learning-rate scale."""
+        return {
+            "flat": self.flat.flat.detach().cpu().clone(),
+            "int_buffers": {n: b.cpu().clone() for n, b in self._int_buffers()},
+            "momentum": None if self.momentum is None else self.momentum.cpu().clone(),
+            "noise": self.noise.get_state(),
+            "stream": self.stream.state_dict(),
+            "lr_scale": self.lr_scale,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            self.flat.load_(torch.as_tensor(state["flat"]).to(self.device))
+            buffers = dict(self._int_buffers())
+            for name, value in state.get("int_buffers", {}).items():
+                buffers[name].copy_(value)
+            if self.momentum is not None:
+                saved = state.get("momentum")
+                self.momentum.copy_(saved if saved is not None else torch.zeros_like(self.momentum))
+        if state.get("noise") is not None:
+            self.noise.set_state(state["noise"])
+        self.stream.load_state_dict(state["stream"])
+        self.lr_scale = float(state.get("lr_scale", 1.0))
+
+    def _int_buffers(self) -> list[tuple[str, Tensor]]:
+        return [(n, b) for n, b in self.model.named_buffers() if not b.is_floating_point()]
 
     @property
     def num_params(self) -> int:
@@ -126,7 +167,8 @@ class Replica:
             loss = self._sgd_steps()
         done = time.perf_counter()
         finite = math.isfinite(loss) and bool(torch.isfinite(self.flat.flat).all())
-        stats = RoundStats(loss, done - pulled, pulled - start, finite)
+        position = (self.stream.epoch, self.stream.offset)
+        stats = RoundStats(loss, done - pulled, pulled - start, finite, position)
         return self._outgoing(), stats
 
     def _outgoing(self) -> np.ndarray:
@@ -167,7 +209,7 @@ class Replica:
             total += self._loss_and_grad()
             with torch.no_grad():
                 momentum_step_(
-                    self.flat.params, self.flat.param_grad, self.momentum, algo.lr,
+                    self.flat.params, self.flat.param_grad, self.momentum, algo.lr * self.lr_scale,
                     momentum=algo.momentum, nesterov=algo.nesterov, weight_decay=algo.weight_decay,
                 )  # fmt: skip
         return float(total) / algo.coupling_period  # one device sync per round, not per step
@@ -186,7 +228,8 @@ class Replica:
             for _ in range(algo.coupling_period):
                 w = self.flat.params.clone()
                 inner = entropy_sgd_inner(
-                    w, self._grad_at, gamma=gamma, inner_lr=algo.inner_lr, noise=algo.noise,
+                    w, self._grad_at, gamma=gamma, inner_lr=algo.inner_lr * self.lr_scale,
+                    noise=algo.noise,
                     alpha=algo.mu_alpha, steps=algo.inner_steps,
                     weight_decay=algo.weight_decay, generator=self.noise,
                 )  # fmt: skip
@@ -196,7 +239,7 @@ class Replica:
                 else:
                     direction = coupling.parle_direction(w, inner.mu, center_params, rho)
                 momentum_step_(
-                    w, direction, self.momentum, algo.lr,
+                    w, direction, self.momentum, algo.lr * self.lr_scale,
                     momentum=algo.momentum, nesterov=algo.nesterov,
                 )  # fmt: skip
                 self.flat.params.copy_(w)

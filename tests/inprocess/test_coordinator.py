@@ -3,13 +3,15 @@
 import itertools
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
 
-from coordinator.coordinator import Coordinator, DivergenceError, LocalGroup, RoundResults
+from coordinator.coordinator import Coordinator, DivergenceError
+from coordinator.groups import LocalGroup, RoundOutcome
 from jobs.config import Config, load_config
 from replicas.replica import Replica, RoundStats
 
@@ -68,10 +70,10 @@ def test_large_gamma_pulls_replicas_to_the_center(make_config) -> None:  # type:
 
 
 def test_same_seed_same_center_and_other_seed_differs(make_config) -> None:  # type: ignore[no-untyped-def]
-    first = json.loads((run(make_config(name="a")).run.path / "summary.json").read_text())
-    again = json.loads((run(make_config(name="b")).run.path / "summary.json").read_text())
+    first = json.loads((Path(run(make_config(name="a")).run.path) / "summary.json").read_text())
+    again = json.loads((Path(run(make_config(name="b")).run.path) / "summary.json").read_text())
     other = json.loads(
-        (run(make_config("run.seed=1", name="c")).run.path / "summary.json").read_text()
+        (Path(run(make_config("run.seed=1", name="c")).run.path) / "summary.json").read_text()
     )
     assert first["center_sha256"] == again["center_sha256"] != other["center_sha256"]
 
@@ -79,7 +81,7 @@ def test_same_seed_same_center_and_other_seed_differs(make_config) -> None:  # t
 def test_run_directory_holds_what_the_design_promises(make_config) -> None:  # type: ignore[no-untyped-def]
     config = make_config(name="layout")
     coordinator = run(config)
-    path = coordinator.run.path
+    path = Path(coordinator.run.path)
     assert load_config(path / "config.toml") == config
     table = pq.read_table(path / "metrics.parquet").to_pylist()
     assert [(row["round"], row["replica"]) for row in table] == [
@@ -96,7 +98,8 @@ def test_run_directory_holds_what_the_design_promises(make_config) -> None:  # t
     events = [
         json.loads(line)["event"] for line in (path / "events.jsonl").read_text().splitlines()
     ]
-    assert events == ["start", "finish"]
+    assert events == ["start", "checkpoint", "finish"]
+    assert (path / "checkpoints" / "round-000004" / "manifest.json").exists()
     assert (path / "plots" / "training.png").stat().st_size > 10_000
 
 
@@ -136,7 +139,7 @@ class NanAt(LocalGroup):
         super().__init__(config)
         self.replica, self.at, self.calls = replica, at, 0
 
-    def run_round(self, center: np.ndarray | None, gamma: float, rho: float) -> RoundResults:
+    def run_round(self, center: np.ndarray | None, gamma: float, rho: float) -> list[RoundOutcome]:
         results = super().run_round(center, gamma, rho)
         if self.calls == self.at:
             weights, _ = results[self.replica]
@@ -156,4 +159,5 @@ def test_divergence_stops_the_run_naming_round_and_replica(make_config) -> None:
     ):
         coordinator.step()
     assert torch.equal(coordinator.center, center_before), "NaN must never reach the center"  # type: ignore[arg-type]
-    assert coordinator.run.events()[-1]["event"] == "divergence"
+    assert [e["event"] for e in coordinator.run.events()][-2:] == ["divergence", "stopped"]
+    assert pq.read_table(Path(coordinator.run.path) / "metrics.parquet").num_rows == 4

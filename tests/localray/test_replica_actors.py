@@ -5,7 +5,8 @@ import json
 import pytest
 
 from cluster.actors import RayReplicaGroup, ResourceError, replica_resources
-from coordinator.coordinator import Coordinator, LocalGroup
+from coordinator.coordinator import Coordinator
+from coordinator.groups import LocalGroup
 from jobs import train
 from jobs.config import CONFIG_DIR, load_config
 
