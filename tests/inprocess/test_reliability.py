@@ -1,0 +1,161 @@
+"""Tier 2: failures, divergence, checkpoints and exact resume, in-process."""
+
+import math
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pytest
+import torch
+
+from coordinator import checkpoint
+from coordinator.coordinator import Coordinator, ResumeMismatch, RunFailed
+from coordinator.groups import LocalGroup, ReplicaLost, RoundOutcome
+from jobs.config import Config
+from replicas.replica import RoundStats
+
+
+def finish(coordinator: Coordinator) -> dict:  # type: ignore[type-arg]
+    while not coordinator.done:
+        coordinator.step()
+    return coordinator.finish()
+
+
+class Faulty(LocalGroup):
+    """Failure injection at (replica, round): `kind` is "raise" (a lost replica) or "nan"."""
+
+    plan: ClassVar[dict[tuple[int, int], str]] = {}
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config)
+        self.calls = 0
+
+    def run_round(self, center: np.ndarray | None, gamma: float, rho: float) -> list[RoundOutcome]:
+        out = super().run_round(center, gamma, rho)
+        for (replica, at), kind in self.plan.items():
+            if at == self.calls and kind == "raise":
+                self.lost.add(replica)
+                out[replica] = ReplicaLost("RuntimeError: injected")
+            elif at == self.calls and kind == "nan":
+                weights, _ = out[replica]  # type: ignore[misc]
+                weights[:] = np.nan
+                out[replica] = (weights, RoundStats(math.nan, 0.0, 0.0, False))
+        self.calls += 1
+        return out
+
+
+def faulty(plan: dict[tuple[int, int], str]) -> type[Faulty]:
+    return type("FaultyPlan", (Faulty,), {"plan": plan})
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["algorithm.kind=rsgd"],
+        ["algorithm.kind=parle", "algorithm.inner_steps=3", "scoping.rho_max=1"],
+        [
+            "algorithm.kind=easgd",
+            "scoping.kind=constant",
+            "scoping.gamma0=2",
+            "scoping.gamma_max=2",
+        ],
+        ["algorithm.kind=rsgd", "model.arch=cnn1d", "scoping.gamma0=auto"],
+    ],
+    ids=["rsgd", "parle-noise", "easgd", "cnn1d-bn-auto"],
+)
+def test_resume_ends_bit_identical_to_an_uninterrupted_run(make_config, extra: list[str]) -> None:  # type: ignore[no-untyped-def]
+    sets = [*extra, "train.rounds=7", "train.checkpoint_every=3", "train.eval_every=2"]
+    whole = finish(Coordinator(make_config(*sets, name="whole"), LocalGroup))
+
+    crashed = Coordinator(make_config(*sets, name="cut"), LocalGroup)
+    for _ in range(5):  # checkpoint at 3, then two rounds that the crash loses
+        crashed.step()
+    del crashed
+    resumed = Coordinator(make_config(*sets, name="cut"), LocalGroup)
+    assert resumed.resumed_from == 3 and resumed.round == 3
+    summary = finish(resumed)
+    assert summary["center_sha256"] == whole["center_sha256"]
+    assert summary["center_test_accuracy"] == whole["center_test_accuracy"]
+    assert [(r["round"], r["replica"]) for r in resumed.rows] == [
+        (r, a) for r in range(7) for a in range(2)
+    ]
+    assert [e["event"] for e in resumed.run.events()].count("resume") == 1
+
+
+def test_a_lost_replica_is_replaced_from_the_center_and_the_run_completes(make_config) -> None:  # type: ignore[no-untyped-def]
+    coordinator = Coordinator(make_config("train.rounds=5", name="lost"), faulty({(1, 2): "raise"}))
+    coordinator.step()
+    coordinator.step()
+    survivor = coordinator.group.replicas[0]  # type: ignore[attr-defined]
+    coordinator.step()  # round 2: replica 1 is lost
+    assert coordinator.center is not None
+    # The center is replica 0 alone: the lost replica's partial round never reaches it.
+    assert torch.equal(coordinator.center, torch.from_numpy(survivor.weights()))
+    assert np.array_equal(coordinator.group.replicas[1].weights(), coordinator.center.numpy())  # type: ignore[attr-defined]
+    summary = finish(coordinator)
+    assert summary["rounds"] == 5
+    events = [e for e in coordinator.run.events() if e["event"] == "replica_restarted"]
+    assert [(e["round"], e["replica"]) for e in events] == [(2, 1)]
+    assert "lost" in events[0]["reason"]
+    failed_row = next(r for r in coordinator.rows if r["round"] == 2 and r["replica"] == 1)
+    assert failed_row["train_loss"] is None and "injected" in failed_row["failure"]
+
+
+def test_divergence_restart_halves_the_lr_and_goes_on(make_config) -> None:  # type: ignore[no-untyped-def]
+    config = make_config("train.rounds=5", "train.on_divergence=restart", name="nan")
+    coordinator = Coordinator(config, faulty({(0, 1): "nan"}))
+    summary = finish(coordinator)
+    assert summary["rounds"] == 5 and all(
+        math.isfinite(a) for a in summary["replica_test_accuracy"]
+    )
+    kinds = [e["event"] for e in coordinator.run.events()]
+    assert "divergence" in kinds and "replica_restarted" in kinds
+    lrs = {(r["round"], r["replica"]): r["lr"] for r in coordinator.rows}
+    assert lrs[(0, 0)] == pytest.approx(0.1) and lrs[(2, 0)] == pytest.approx(0.05)
+    assert lrs[(2, 1)] == pytest.approx(0.1)
+    assert coordinator.group.replicas[0].lr_scale == 0.5  # type: ignore[attr-defined]
+
+
+def test_a_replica_that_keeps_failing_stops_the_run(make_config) -> None:  # type: ignore[no-untyped-def]
+    plan = {(1, r): "raise" for r in range(5)}
+    coordinator = Coordinator(make_config("train.rounds=5", name="again"), faulty(plan))
+    with pytest.raises(RunFailed, match="replica 1 failed 3 rounds in a row"):
+        finish(coordinator)
+    everyone = {(a, 0): "raise" for a in range(2)}
+    with pytest.raises(RunFailed, match="every replica failed in round 0"):
+        Coordinator(make_config(name="all"), faulty(everyone)).step()
+
+
+def test_a_corrupt_checkpoint_is_skipped_for_the_previous_good_one(make_config) -> None:  # type: ignore[no-untyped-def]
+    config = make_config("train.rounds=6", "train.checkpoint_every=2", name="corrupt")
+    finish(Coordinator(config, LocalGroup))
+    assert checkpoint.rounds(Coordinator(config, LocalGroup).run) == [2, 4, 6]
+    folder = Path(config.run.storage) / config.run.name / "checkpoints"
+    state = folder / "round-000006" / "state.pt"
+    state.write_bytes(state.read_bytes()[:-100])  # truncated: the sha256 no longer matches
+    (folder / "round-000004" / "manifest.json").unlink()  # never committed
+    resumed = Coordinator(config, LocalGroup)
+    assert resumed.resumed_from == 2
+    skipped = [e for e in resumed.run.events() if e["event"] == "checkpoint_skipped"]
+    assert [e["round"] for e in skipped] == [6, 4]
+    assert "sha256" in skipped[0]["reason"]
+
+
+def test_resume_refuses_a_different_run_and_fresh_starts_over(make_config) -> None:  # type: ignore[no-untyped-def]
+    finish(Coordinator(make_config(name="same"), LocalGroup))
+    with pytest.raises(ResumeMismatch, match=r"algorithm\.lr = 0\.1, not 0\.2"):
+        Coordinator(make_config("algorithm.lr=0.2", name="same"), LocalGroup)
+    longer = Coordinator(make_config("train.rounds=6", name="same"), LocalGroup)
+    assert longer.resumed_from == 4  # training longer is a resume, not a new run
+    fresh = Coordinator(make_config("algorithm.lr=0.2", name="same"), LocalGroup, fresh=True)
+    assert fresh.resumed_from is None and fresh.round == 0
+    assert [e["event"] for e in fresh.run.events()] == ["start"]
+
+
+def test_checkpoints_load_with_weights_only(make_config) -> None:  # type: ignore[no-untyped-def]
+    config = make_config(name="safe")
+    finish(Coordinator(config, LocalGroup))
+    path = Path(config.run.storage) / config.run.name / "checkpoints" / "round-000004" / "state.pt"
+    state = torch.load(path, weights_only=True)
+    assert state["round"] == 4 and len(state["replicas"]) == 2
+    assert isinstance(state["center"], torch.Tensor)
