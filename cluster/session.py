@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import ray
@@ -19,5 +20,11 @@ def connect(num_cpus: int | None = None) -> str:
     if address:
         ray.init(address=address)
         return f"the Ray cluster at {address}"
-    ray.init(num_cpus=num_cpus or os.cpu_count(), dashboard_host="127.0.0.1")
-    return f"a local Ray with {int(ray.cluster_resources().get('CPU', 0))} CPUs"
+    # Ray's own start-up chatter goes to stderr; keep it for errors so that our one-line
+    # messages stay the only line a user sees, and say where the dashboard is ourselves.
+    context = ray.init(
+        num_cpus=num_cpus or os.cpu_count(), dashboard_host="127.0.0.1", logging_level=logging.ERROR
+    )
+    cpus = int(ray.cluster_resources().get("CPU", 0))
+    dashboard = f", dashboard http://{context.dashboard_url}" if context.dashboard_url else ""
+    return f"a local Ray with {cpus} CPUs{dashboard}"

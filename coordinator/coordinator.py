@@ -162,6 +162,7 @@ class Coordinator:
         every = self.config.train.checkpoint_every
         if every and self.round % every == 0 and not self.done:
             self.checkpoint()
+            progress["checkpoint"] = True
         return progress
 
     @staticmethod

@@ -53,7 +53,12 @@ def check_inputs(config: Config, fresh: bool) -> None:
         saved = tomllib.loads(run.read_bytes("config.toml").decode())
         check_same_run(saved, to_dict(config), run.path)
     # Builds the Parquet cache once here, so the replicas only read it.
-    load_dataset(config.data.dataset, config.data.root)
+    data = load_dataset(config.data.dataset, config.data.root)
+    if config.data.batch_size > len(data.train.y):
+        raise ConfigError(
+            f"data.batch_size = {config.data.batch_size} exceeds the {len(data.train.y)} "
+            f"training examples of {config.data.dataset}"
+        )
 
 
 def progress_line(p: dict[str, Any], rounds: int) -> str:
@@ -63,6 +68,10 @@ def progress_line(p: dict[str, Any], rounds: int) -> str:
     )
     if "center_test_accuracy" in p:
         line += f"  center test acc {p['center_test_accuracy']:.4f}"
+    if p.get("failed"):
+        line += f"  replicas {p['failed']} failed and restarted from the center"
+    if p.get("checkpoint"):
+        line += "  · checkpoint"
     return line
 
 

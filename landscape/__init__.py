@@ -1,0 +1,46 @@
+"""Flatness of a trained model: local energy, Hessian spectrum, α-rescaling (no Ray).
+
+Every measure here says in landscape.rescale.INVARIANCE whether it survives Dinh et
+al.'s function-preserving rescaling (algorithms.md §7); report it next to the number.
+"""
+
+from landscape.hessian import (
+    HVP,
+    Eigenvalues,
+    SpectralDensity,
+    TraceEstimate,
+    closure_hvp,
+    hessian_spectral_density,
+    hessian_top_eigenvalues,
+    hessian_trace,
+    hutchinson_trace,
+    make_hvp,
+    spectral_density,
+    top_eigenvalues,
+)
+from landscape.local_energy import NOISES, LocalEnergy, Noise, local_energy, sigma_grid
+from landscape.rescale import INVARIANCE, INVARIANCE_NOTES, find_pairs, rescale_
+
+__all__ = [
+    "HVP",
+    "INVARIANCE",
+    "INVARIANCE_NOTES",
+    "NOISES",
+    "Eigenvalues",
+    "LocalEnergy",
+    "Noise",
+    "SpectralDensity",
+    "TraceEstimate",
+    "closure_hvp",
+    "find_pairs",
+    "hessian_spectral_density",
+    "hessian_top_eigenvalues",
+    "hessian_trace",
+    "hutchinson_trace",
+    "local_energy",
+    "make_hvp",
+    "rescale_",
+    "sigma_grid",
+    "spectral_density",
+    "top_eigenvalues",
+]

@@ -1,13 +1,24 @@
 """Shared fixtures: a config factory on small budgets and one data cache for the session."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from jobs.config import Config, load_config
 
 ConfigFactory = Callable[..., Config]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread() -> Iterator[None]:
+    """One thread, as in the replica actors: the tiny models here run faster on one core
+    of the 2-core CI box, and a second busy process cannot slow them fifty-fold."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

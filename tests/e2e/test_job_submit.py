@@ -2,10 +2,13 @@
 
 import json
 import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -80,3 +83,87 @@ def test_submitted_smoke_job_matches_a_local_run(head, tmp_path: Path) -> None: 
     )  # fmt: skip
     assert local.returncode == 0, local.stdout + local.stderr
     assert f"center_sha256 {summary['center_sha256']}" in local.stdout
+
+
+LONG = ["--config", "jobs/configs/smoke.toml", "--set", "train.rounds=600",
+        "--set", "train.checkpoint_every=25", "--set", "train.eval_every=200"]  # fmt: skip
+
+
+def uninterrupted_sha(tmp_path: Path, env: dict[str, str]) -> str:
+    """The same run without interruption, in-process (the transport changes no bit)."""
+    from coordinator.coordinator import Coordinator
+    from coordinator.groups import LocalGroup
+    from jobs.config import load_config
+
+    sets = [LONG[i + 1] for i in range(2, len(LONG), 2)]
+    sets += [f"run.storage={tmp_path / 'whole'}", f"data.root={tmp_path / 'data'}"]
+    coordinator = Coordinator(load_config(REPO / LONG[1], sets), LocalGroup)
+    while not coordinator.done:
+        coordinator.step()
+    sha: str = coordinator.finish()["center_sha256"]
+    return sha
+
+
+def test_ray_job_stop_then_resubmit_resumes_to_the_same_center(head, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    address, env = head
+    args = [
+        *LONG,
+        "--set",
+        f"run.storage={tmp_path / 'runs'}",
+        "--set",
+        f"data.root={tmp_path / 'data'}",
+    ]
+    submit = ["job", "submit", f"--address={address}", f"--working-dir={REPO}"]
+    started = ray_cli(*submit, "--no-wait", "--", "python", "-m", "jobs.train", *args, env=env)
+    assert started.returncode == 0, started.stdout + started.stderr
+    job = re.search(r"raysubmit_\w+", started.stdout + started.stderr)
+    assert job is not None, started.stdout
+    deadline = time.time() + 240
+    while time.time() < deadline:  # stop it once a checkpoint is behind it
+        logs = ray_cli("job", "logs", f"--address={address}", job.group(0), env=env).stdout
+        if "· checkpoint" in logs:
+            break
+        time.sleep(0.5)
+    stopped = ray_cli("job", "stop", f"--address={address}", job.group(0), env=env)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert "round   600/600" not in logs, "the job finished before it could be stopped"
+
+    again = ray_cli(*submit, "--", "python", "-m", "jobs.train", *args, env=env)
+    output = again.stdout + again.stderr
+    assert again.returncode == 0, output
+    resumed = re.search(r"resuming from the checkpoint at round (\d+)", output)
+    assert resumed is not None and 0 < int(resumed.group(1)) < 600, output
+    summary = json.loads((tmp_path / "runs" / "smoke" / "summary.json").read_text())
+    assert summary["resumed_from"] == int(resumed.group(1))
+    assert summary["center_sha256"] == uninterrupted_sha(tmp_path, env)
+
+
+def test_driver_killed_with_sigkill_resumes_to_the_same_center(tmp_path: Path) -> None:
+    if ray.is_initialized():
+        ray.shutdown()
+    args = [
+        *LONG,
+        "--set",
+        f"run.storage={tmp_path / 'runs'}",
+        "--set",
+        f"data.root={tmp_path / 'data'}",
+    ]
+    command = [sys.executable, "-m", "jobs.train", *args]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # Its own session: SIGKILL takes the driver and the local Ray it started, at once.
+    driver = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True,
+                              start_new_session=True)  # fmt: skip
+    assert driver.stdout is not None
+    for line in driver.stdout:
+        if "· checkpoint" in line:
+            os.killpg(driver.pid, signal.SIGKILL)
+            break
+    driver.wait(timeout=60)
+    assert driver.returncode == -signal.SIGKILL
+    time.sleep(2)  # let the killed Ray's ports close
+    again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                           timeout=600, check=False)  # fmt: skip
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "resuming from the checkpoint at round 25" in again.stdout
+    summary = json.loads((tmp_path / "runs" / "smoke" / "summary.json").read_text())
+    assert summary["center_sha256"] == uninterrupted_sha(tmp_path, env)
