@@ -46,14 +46,29 @@ def replica_resources(config: Config, cluster: dict[str, float]) -> dict[str, fl
 
 
 class RayReplicaGroup:
-    """The replicas of one run as Ray actors in one placement group (PACK)."""
+    """The replicas of one run as Ray actors in one placement group (PACK).
 
-    def __init__(self, config: Config, replica_cls: type[Replica] = Replica) -> None:
+    `placement` = (group, first bundle index) uses bundles that someone else reserved,
+    e.g. a Tune trial that holds [coordinator, replica × y] at once; otherwise the group
+    reserves y bundles itself, and releases them at shutdown.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        replica_cls: type[Replica] = Replica,
+        placement: tuple[PlacementGroup, int] | None = None,
+    ) -> None:
         self.config = config
         self.replica_cls = replica_cls  # tests pass a subclass that injects faults
-        self.bundle = replica_resources(config, ray.cluster_resources())
         y = config.algorithm.replicas
-        self.pg: PlacementGroup = placement_group([dict(self.bundle)] * y, strategy="PACK")
+        if placement is None:
+            self.bundle = replica_resources(config, ray.cluster_resources())
+            self.pg = placement_group([dict(self.bundle)] * y, strategy="PACK")
+            self.first_bundle, self.owns_pg = 0, True
+        else:
+            self.pg, self.first_bundle = placement
+            self.bundle, self.owns_pg = dict(self.pg.bundle_specs[self.first_bundle]), False
         self.actors: list[Any] = []
         self.lost: set[int] = set()
         try:
@@ -67,15 +82,16 @@ class RayReplicaGroup:
 
     def _start(self, index: int) -> Any:
         gpus = self.bundle.get("GPU", 0.0)
+        cpus = self.bundle.get("CPU", 0.0)
         actor_cls = ray.remote(self.replica_cls)
         return actor_cls.options(
-            num_cpus=self.bundle["CPU"],
+            num_cpus=cpus,
             num_gpus=gpus,
             scheduling_strategy=PlacementGroupSchedulingStrategy(
-                placement_group=self.pg, placement_group_bundle_index=index
+                placement_group=self.pg, placement_group_bundle_index=self.first_bundle + index
             ),
             name=None,
-        ).remote(index, self.config, "cuda" if gpus else "cpu", max(1, int(self.bundle["CPU"])))
+        ).remote(index, self.config, "cuda" if gpus else "cpu", max(1, int(cpus)))
 
     def run_round(self, center: np.ndarray | None, gamma: float, rho: float) -> list[RoundOutcome]:
         # One ray.put: every replica reads the same object-store copy of the center.
@@ -133,4 +149,5 @@ class RayReplicaGroup:
         for actor in self.actors:
             ray.kill(actor)
         self.actors = []
-        remove_placement_group(self.pg)
+        if self.owns_pg:
+            remove_placement_group(self.pg)

@@ -75,12 +75,18 @@ def center_sha256(center: Tensor, num_params: int) -> str:
     ).hexdigest()
 
 
-def check_same_run(saved: dict[str, Any], now: dict[str, Any], where: str) -> None:
-    """Refuse to resume a run directory with a config that trains something else."""
+def check_same_run(
+    saved: dict[str, Any], now: dict[str, Any], where: str, allowed: tuple[str, ...] = ()
+) -> None:
+    """Refuse to resume a run directory with a config that trains something else.
+
+    `allowed` names more keys (or sections) that may differ, e.g. the η and γ0 that
+    Population Based Training perturbs when a trial takes over another's checkpoint.
+    """
     for section, values in saved.items():
         for key, value in values.items():
             name = f"{section}.{key}"
-            if section in RESUMABLE_CHANGES or name in RESUMABLE_CHANGES:
+            if {section, name} & {*RESUMABLE_CHANGES, *allowed}:
                 continue
             current = now.get(section, {}).get(key)
             if current != value:
@@ -91,8 +97,16 @@ def check_same_run(saved: dict[str, Any], now: dict[str, Any], where: str) -> No
 
 
 class Coordinator:
-    def __init__(self, config: Config, group_factory: GroupFactory, *, fresh: bool = False) -> None:
+    def __init__(
+        self,
+        config: Config,
+        group_factory: GroupFactory,
+        *,
+        fresh: bool = False,
+        allow_changes: tuple[str, ...] = (),
+    ) -> None:
         self.config = config
+        self.allow_changes = allow_changes
         self.run = RunDir(config.run.storage, config.run.name)
         if fresh:
             self.run.clear()
@@ -323,13 +337,16 @@ class Coordinator:
         if found is None:
             return None
         round_, state = found
-        check_same_run(state["config"], to_dict(self.config), self.run.path)
+        check_same_run(state["config"], to_dict(self.config), self.run.path, self.allow_changes)
         self.round = round_
         self.center = state["center"]
         sent = state["sent_center"]
         self.sent_center = None if sent is None else sent.numpy()
         self.gamma = Scope.from_state_dict(state["gamma"])
         self.rho = Scope.from_state_dict(state["rho"])
+        scoping_may_change = any(k.split(".")[0] == "scoping" for k in self.allow_changes)
+        if scoping_may_change and state["config"]["scoping"] != to_dict(self.config)["scoping"]:
+            self._rescope()
         self.last_finite_loss = list(state["last_finite_loss"])
         self.lr_scale = list(state["lr_scale"])
         self.positions = [(int(e), int(o)) for e, o in state["positions"]]
@@ -338,6 +355,14 @@ class Coordinator:
         self.rows = [row for row in self.run.read_table("metrics.parquet") if row["round"] < round_]
         self.run.event("resume", round=round_)
         return round_
+
+    def _rescope(self) -> None:
+        """A changed (allowed) scoping config: the new schedule, at the round reached."""
+        gamma, rho = make_scopes(self.config)
+        gamma.round, rho.round = self.gamma.round, self.rho.round
+        if gamma.gamma0 is None:  # "auto" keeps what the first round measured
+            gamma.gamma0, gamma.gamma1 = self.gamma.gamma0, self.gamma.gamma1
+        self.gamma, self.rho = gamma, rho
 
     def finish(self) -> dict[str, Any]:
         """Final evaluation (if the last round had none), checkpoint, summary.json, plots."""

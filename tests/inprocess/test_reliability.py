@@ -159,3 +159,23 @@ def test_checkpoints_load_with_weights_only(make_config) -> None:  # type: ignor
     state = torch.load(path, weights_only=True)
     assert state["round"] == 4 and len(state["replicas"]) == 2
     assert isinstance(state["center"], torch.Tensor)
+
+
+def test_allowed_changes_resume_with_the_new_lr_and_schedule(make_config) -> None:  # type: ignore[no-untyped-def]
+    """What Population Based Training needs: take over a checkpoint with a new η and γ0."""
+    finish(
+        Coordinator(
+            make_config("scoping.kind=constant", "scoping.gamma0=0.1", name="pbt"), LocalGroup
+        )
+    )
+    changed = make_config("scoping.kind=constant", "scoping.gamma0=0.3", "algorithm.lr=0.05",
+                          "train.rounds=6", name="pbt")  # fmt: skip
+    with pytest.raises(ResumeMismatch):
+        Coordinator(changed, LocalGroup)
+    coordinator = Coordinator(changed, LocalGroup, allow_changes=("algorithm.lr", "scoping.gamma0"))
+    assert coordinator.resumed_from == 4 and coordinator.gamma.value() == pytest.approx(0.3)
+    assert coordinator.gamma.round == 4
+    coordinator.step()
+    assert (
+        coordinator.rows[-1]["lr"] == pytest.approx(0.05) and coordinator.rows[-1]["gamma"] == 0.3
+    )
