@@ -1,8 +1,9 @@
-"""Replica actors on Ray: a placement group, one actor per replica, one ray.get per round.
+"""Replica actors on Ray: a placement group, one actor per unit, one gather per round.
 
-This is the only place that turns Replica (a plain class) into an actor. Following
-Ray Train's worker group: every .remote() first, then one ray.get(list, timeout);
-if startup fails, whatever was started is killed before the error goes up.
+This is the only place that turns Replica (a plain class), or PackedReplicas (p
+replicas stepped together on one device), into an actor. Following Ray Train's worker
+group: every .remote() first, then one wait over all of them with a timeout; if
+startup fails, whatever was started is killed before the error goes up.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from coordinator.groups import ReplicaLost, RoundOutcome
+from coordinator.groups import ReplicaLost, RoundOutcome, as_list, layout, unpack
 from jobs.config import Config
+from replicas.packed import PackedReplicas
 from replicas.replica import Replica
 
 STARTUP_TIMEOUT_S = 300.0
@@ -45,12 +47,18 @@ def replica_resources(config: Config, cluster: dict[str, float]) -> dict[str, fl
     return bundle
 
 
+def unit_bundles(config: Config, cluster: dict[str, float]) -> list[dict[str, float]]:
+    """One placement-group bundle per actor: a replica's resources × the replicas in it."""
+    one = replica_resources(config, cluster)
+    return [{k: v * len(unit) for k, v in one.items()} for unit in layout(config)]
+
+
 class RayReplicaGroup:
     """The replicas of one run as Ray actors in one placement group (PACK).
 
     `placement` = (group, first bundle index) uses bundles that someone else reserved,
-    e.g. a Tune trial that holds [coordinator, replica × y] at once; otherwise the group
-    reserves y bundles itself, and releases them at shutdown.
+    e.g. a Tune trial that holds [coordinator, unit bundles…] at once; otherwise the
+    group reserves its bundles itself, and releases them at shutdown.
     """
 
     def __init__(
@@ -61,37 +69,42 @@ class RayReplicaGroup:
     ) -> None:
         self.config = config
         self.replica_cls = replica_cls  # tests pass a subclass that injects faults
-        y = config.algorithm.replicas
+        self.units_of = layout(config)
+        self.packed = config.resources.replicas_per_actor > 1
         if placement is None:
-            self.bundle = replica_resources(config, ray.cluster_resources())
-            self.pg = placement_group([dict(self.bundle)] * y, strategy="PACK")
+            bundles = unit_bundles(config, ray.cluster_resources())
+            self.pg = placement_group(bundles, strategy="PACK")
             self.first_bundle, self.owns_pg = 0, True
         else:
             self.pg, self.first_bundle = placement
-            self.bundle, self.owns_pg = dict(self.pg.bundle_specs[self.first_bundle]), False
+            self.owns_pg = False
         self.actors: list[Any] = []
-        self.lost: set[int] = set()
+        self.lost: set[int] = set()  # units whose actor is gone
         try:
             ray.get(self.pg.ready(), timeout=STARTUP_TIMEOUT_S)
-            self.actors = [self._start(i) for i in range(y)]
+            self.actors = [self._start(u) for u in range(len(self.units_of))]
             sizes = ray.get([a.ready.remote() for a in self.actors], timeout=STARTUP_TIMEOUT_S)
         except BaseException:
             self.shutdown()
             raise
-        self.size, self.num_params = y, int(sizes[0])
+        self.size, self.num_params = config.algorithm.replicas, int(sizes[0])
 
-    def _start(self, index: int) -> Any:
-        gpus = self.bundle.get("GPU", 0.0)
-        cpus = self.bundle.get("CPU", 0.0)
-        actor_cls = ray.remote(self.replica_cls)
-        return actor_cls.options(
-            num_cpus=cpus,
-            num_gpus=gpus,
-            scheduling_strategy=PlacementGroupSchedulingStrategy(
-                placement_group=self.pg, placement_group_bundle_index=self.first_bundle + index
-            ),
-            name=None,
-        ).remote(index, self.config, "cuda" if gpus else "cpu", max(1, int(cpus)))
+    def _start(self, u: int) -> Any:
+        bundle = self.pg.bundle_specs[self.first_bundle + u]
+        gpus, cpus = bundle.get("GPU", 0.0), bundle.get("CPU", 0.0)
+        strategy = PlacementGroupSchedulingStrategy(
+            placement_group=self.pg, placement_group_bundle_index=self.first_bundle + u
+        )
+        device, threads = ("cuda" if gpus else "cpu"), max(1, int(cpus))
+        if self.packed:
+            packed = ray.remote(PackedReplicas).options(
+                num_cpus=cpus, num_gpus=gpus, scheduling_strategy=strategy
+            )
+            return packed.remote(self.units_of[u], self.config, device, threads)
+        single = ray.remote(self.replica_cls).options(
+            num_cpus=cpus, num_gpus=gpus, scheduling_strategy=strategy
+        )
+        return single.remote(self.units_of[u][0], self.config, device, threads)
 
     def run_round(self, center: np.ndarray | None, gamma: float, rho: float) -> list[RoundOutcome]:
         # One ray.put: every replica reads the same object-store copy of the center.
@@ -100,46 +113,57 @@ class RayReplicaGroup:
         return self._gather(refs)
 
     def _gather(self, refs: list[Any]) -> list[RoundOutcome]:
-        """Wait for all replicas at once; the dead and the late come back as ReplicaLost."""
+        """Wait for all units at once; the dead and the late come back as ReplicaLost."""
         timeout = self.config.train.round_timeout_s
         _, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout)
         outcomes: list[RoundOutcome] = []
-        for index, ref in enumerate(refs):
+        for u, ref in enumerate(refs):
             if ref in pending:
-                outcomes.append(self._lose(index, f"no result within {timeout:g} s"))
+                outcomes += self._lose(u, f"no result within {timeout:g} s")
                 continue
             try:
-                outcomes.append(ray.get(ref))
+                outcomes += unpack(ray.get(ref), self.packed)
             except ray.exceptions.RayActorError as err:
-                outcomes.append(self._lose(index, f"actor died ({type(err).__name__})"))
+                outcomes += self._lose(u, f"actor died ({type(err).__name__})")
         return outcomes
 
-    def _lose(self, index: int, reason: str) -> ReplicaLost:
-        ray.kill(self.actors[index])  # a hung actor must not come back and write later
-        self.lost.add(index)
-        return ReplicaLost(reason)
+    def _lose(self, u: int, reason: str) -> list[RoundOutcome]:
+        ray.kill(self.actors[u])  # a hung actor must not come back and write later
+        self.lost.add(u)
+        return [ReplicaLost(reason)] * len(self.units_of[u])
 
     def evaluate(self, center: np.ndarray) -> list[dict[str, Any]]:
         center_ref = ray.put(center)
         refs = [
-            a.evaluate.remote(center_ref if i == 0 else None) for i, a in enumerate(self.actors)
+            a.evaluate.remote(center_ref if u == 0 else None) for u, a in enumerate(self.actors)
         ]
-        results: list[dict[str, Any]] = ray.get(refs, timeout=self.config.train.round_timeout_s)
-        return results
+        results = ray.get(refs, timeout=self.config.train.round_timeout_s)
+        return [r for result in results for r in as_list(result, self.packed)]
 
     def states(self) -> list[dict[str, Any]]:
-        states: list[dict[str, Any]] = ray.get([a.state_dict.remote() for a in self.actors])
-        return states
+        results = ray.get([a.state_dict.remote() for a in self.actors])
+        return [s for result in results for s in as_list(result, self.packed)]
 
     def load_states(self, states: list[dict[str, Any]]) -> None:
-        refs = [a.load_state_dict.remote(s) for a, s in zip(self.actors, states, strict=True)]
+        refs = []
+        for actor, unit in zip(self.actors, self.units_of, strict=True):
+            mine = [states[i] for i in unit]
+            refs.append(actor.load_state_dict.remote(mine if self.packed else mine[0]))
         ray.get(refs, timeout=STARTUP_TIMEOUT_S)
 
     def replace(self, index: int, state: dict[str, Any]) -> None:
-        if index in self.lost:  # its bundle in the placement group is free again
-            self.actors[index] = self._start(index)
-            self.lost.discard(index)
-        ray.get(self.actors[index].load_state_dict.remote(state), timeout=STARTUP_TIMEOUT_S)
+        p = self.config.resources.replicas_per_actor
+        u, row = index // p, index % p
+        if u in self.lost:  # its bundle in the placement group is free again
+            self.actors[u] = self._start(u)
+            self.lost.discard(u)
+        actor = self.actors[u]
+        ref = (
+            actor.load_member_state.remote(row, state)
+            if self.packed
+            else actor.load_state_dict.remote(state)
+        )
+        ray.get(ref, timeout=STARTUP_TIMEOUT_S)
 
     def pids(self) -> list[int]:
         pids: list[int] = ray.get([a.pid.remote() for a in self.actors])

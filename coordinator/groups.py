@@ -1,9 +1,10 @@
 """Where the replicas live, behind one narrow interface the Coordinator talks to.
 
 LocalGroup keeps them as plain objects in this process (tests, debugging);
-cluster/actors.py's RayReplicaGroup keeps them as Ray actors. A replica that dies,
-hangs past the round timeout or raises comes back as ReplicaLost, never as weights:
-the Coordinator decides what to do about it.
+cluster/actors.py's RayReplicaGroup keeps them as Ray actors. Either way replicas come
+in units: one Replica, or a PackedReplicas of p of them (resources.replicas_per_actor)
+that steps together. A replica that dies, hangs past the round timeout or raises comes
+back as ReplicaLost, never as weights: the Coordinator decides what to do about it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from jobs.config import Config
+from replicas.packed import PackedReplicas
 from replicas.replica import Replica, RoundStats
 
 
@@ -46,42 +48,84 @@ class ReplicaGroup(Protocol):
     def shutdown(self) -> None: ...
 
 
+def layout(config: Config) -> list[list[int]]:
+    """Replica indices per unit: [[0..p-1], [p..2p-1], …]; the last unit may be smaller."""
+    y, p = config.algorithm.replicas, config.resources.replicas_per_actor
+    return [list(range(start, min(start + p, y))) for start in range(0, y, p)]
+
+
+def unpack(result: Any, packed: bool) -> list[tuple[np.ndarray, RoundStats]]:
+    """A unit's round result as one (weights, stats) per replica, in index order."""
+    if not packed:
+        return [result]
+    block, stats = result
+    return [(block[row], s) for row, s in enumerate(stats)]
+
+
+def as_list(result: Any, packed: bool) -> list[Any]:
+    return list(result) if packed else [result]
+
+
 class LocalGroup:
-    """Replicas as plain objects in this process, stepped one after another."""
+    """Replicas as plain objects in this process, one unit after another."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.replicas = [Replica(i, config) for i in range(config.algorithm.replicas)]
-        self.size = len(self.replicas)
-        self.num_params = self.replicas[0].num_params
-        self.lost: set[int] = set()
+        self.units_of = layout(config)
+        self.packed = config.resources.replicas_per_actor > 1
+        self.units = [self._new_unit(u) for u in range(len(self.units_of))]
+        self.size = config.algorithm.replicas
+        self.num_params = self.units[0].num_params
+        self.lost_units: set[int] = set()
+
+    def _new_unit(self, u: int) -> Any:
+        if self.packed:
+            return PackedReplicas(self.units_of[u], self.config)
+        return Replica(self.units_of[u][0], self.config)
+
+    def _where(self, index: int) -> tuple[int, int]:
+        p = self.config.resources.replicas_per_actor
+        return index // p, index % p
 
     def run_round(self, center: np.ndarray | None, gamma: float, rho: float) -> list[RoundOutcome]:
         out: list[RoundOutcome] = []
-        for index, replica in enumerate(self.replicas):
+        for u, unit in enumerate(self.units):
             try:
-                weights, stats = replica.round(center, gamma, rho)
-                out.append((weights.copy(), stats))  # the replica keeps training its buffer
+                results = unpack(unit.round(center, gamma, rho), self.packed)
+                out += [(w.copy(), s) for w, s in results]  # units keep training their buffers
             except Exception as err:  # in-process, a raising replica stands for a dead one
-                self.lost.add(index)
-                out.append(ReplicaLost(f"{type(err).__name__}: {err}"))
+                self.lost_units.add(u)
+                out += [ReplicaLost(f"{type(err).__name__}: {err}")] * len(self.units_of[u])
         return out
 
     def evaluate(self, center: np.ndarray) -> list[dict[str, Any]]:
-        return [r.evaluate(center if i == 0 else None) for i, r in enumerate(self.replicas)]
+        results = []
+        for u, unit in enumerate(self.units):
+            results += as_list(unit.evaluate(center if u == 0 else None), self.packed)
+        return results
 
     def states(self) -> list[dict[str, Any]]:
-        return [r.state_dict() for r in self.replicas]
+        return [s for unit in self.units for s in as_list(unit.state_dict(), self.packed)]
 
     def load_states(self, states: list[dict[str, Any]]) -> None:
-        for replica, state in zip(self.replicas, states, strict=True):
-            replica.load_state_dict(state)
+        for u, unit in enumerate(self.units):
+            mine = [states[i] for i in self.units_of[u]]
+            unit.load_state_dict(mine if self.packed else mine[0])
 
     def replace(self, index: int, state: dict[str, Any]) -> None:
-        if index in self.lost:
-            self.replicas[index] = Replica(index, self.config)
-            self.lost.discard(index)
-        self.replicas[index].load_state_dict(state)
+        u, row = self._where(index)
+        if u in self.lost_units:
+            self.units[u] = self._new_unit(u)
+            self.lost_units.discard(u)
+        if self.packed:
+            self.units[u].load_member_state(row, state)
+        else:
+            self.units[u].load_state_dict(state)
+
+    @property
+    def replicas(self) -> list[Replica]:
+        """Every Replica object, in index order (packed units expose their members)."""
+        return [m for unit in self.units for m in (unit.members if self.packed else [unit])]
 
     def shutdown(self) -> None:
-        self.replicas.clear()
+        self.units.clear()

@@ -133,6 +133,8 @@ class ResourcesConfig:
     """GPUs reserved per replica (1 = one GPU each; fractions share a GPU)."""
     cpus_per_replica: float = knob(0.0, lo=0.0, hi=256.0)
     """CPUs reserved per replica; 0 = share the cluster's CPUs evenly (at most 1 each)."""
+    replicas_per_actor: int = knob(1, lo=1, hi=1024)
+    """p: replicas packed in one actor on one device, stepped together (torch.func)."""
 
 
 @dataclass(kw_only=True)

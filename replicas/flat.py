@@ -88,6 +88,17 @@ class FlatModule:
         else:
             slot.owner._buffers[slot.attr] = view
 
+    def adopt_(self, storage: Tensor) -> None:
+        """Move the vector into `storage` (e.g. one row of a packed [p, n] block) and
+        re-view every parameter and buffer there; values are kept."""
+        if storage.shape != self.flat.shape:
+            raise ValueError(f"storage of {tuple(storage.shape)} != {tuple(self.flat.shape)}")
+        with torch.no_grad():
+            storage.copy_(self.flat)
+        old, self.flat = self.flat, storage
+        for slot in self.slots:
+            self._rebind(slot, self._view(old, slot))
+
     @property
     def params(self) -> Tensor:
         """The parameter part of the flat vector (a view): what gradients and coupling move."""

@@ -22,12 +22,20 @@ from coordinator.scoping import Scope
 GradFn = Callable[[Tensor], tuple[Tensor, float]]
 """w' ↦ (∇L(w'; Ξ) as a flat tensor, the minibatch loss). Draws its own minibatch."""
 
+Rate = float | Tensor
+"""A step size: one number, or a [p, 1] column (one rate per packed replica row)."""
+
+
+def _sub_scaled_(x: Tensor, y: Tensor, rate: Rate) -> Tensor:
+    """x ← x − rate · y, with a scalar or a per-row rate."""
+    return x.sub_(y, alpha=rate) if isinstance(rate, float | int) else x.sub_(y * rate)
+
 
 def momentum_step_(
     weights: Tensor,
     grad: Tensor,
     buf: Tensor | None,
-    lr: float,
+    lr: Rate,
     *,
     momentum: float = 0.0,
     nesterov: bool = False,
@@ -45,7 +53,7 @@ def momentum_step_(
             raise ValueError("momentum > 0 needs a momentum buffer")
         buf.mul_(momentum).add_(direction)
         direction = direction.add(buf, alpha=momentum) if nesterov else buf
-    return weights.sub_(direction, alpha=lr)
+    return _sub_scaled_(weights, direction, lr)
 
 
 @dataclass(frozen=True)
@@ -61,23 +69,25 @@ def entropy_sgd_inner(
     grad_fn: GradFn,
     *,
     gamma: float,
-    inner_lr: float,
+    inner_lr: Rate,
     noise: float,
     alpha: float,
     steps: int,
     weight_decay: float = 0.0,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
 ) -> InnerResult:
     """Entropy-SGD's inner loop around the fixed point w (which is not modified).
 
     w', μ ← w;  L times:  g ← ∇L(w') + γ (w' − w);
                           w' ← w' − η' g + √η' · ε · N(0, I);  μ ← α μ + (1 − α) w'.
+    For packed replicas w is [p, n], η' may be a [p, 1] column and `generator` one
+    generator per row, so each row draws exactly the noise it would draw alone.
     """
     if steps < 1:
         raise ValueError(f"Entropy-SGD needs at least one inner step, got {steps}")
     w_prime = weights.clone()
     mu = weights.clone()
-    noise_scale = math.sqrt(inner_lr) * noise
+    noise_scale = (inner_lr**0.5) * noise
     total_loss = 0.0
     for _ in range(steps):
         grad, loss = grad_fn(w_prime)
@@ -86,14 +96,20 @@ def entropy_sgd_inner(
         pull = (w_prime - weights).mul_(gamma)
         if weight_decay:
             pull.add_(w_prime, alpha=weight_decay)
-        w_prime.sub_(grad, alpha=inner_lr).sub_(pull, alpha=inner_lr)
-        if noise_scale:
-            draw = torch.randn(
-                w_prime.shape, generator=generator, dtype=w_prime.dtype, device=w_prime.device
-            )
-            w_prime.add_(draw, alpha=noise_scale)
+        _sub_scaled_(_sub_scaled_(w_prime, grad, inner_lr), pull, inner_lr)
+        if noise:
+            _sub_scaled_(w_prime, _gaussian(w_prime, generator), -noise_scale)
         mu.mul_(alpha).add_(w_prime, alpha=1.0 - alpha)
     return InnerResult(mu=mu, mean_loss=total_loss / steps)
+
+
+def _gaussian(like: Tensor, generator: torch.Generator | list[torch.Generator] | None) -> Tensor:
+    """N(0, I) shaped like `like`; with one generator per row, row a from generator a."""
+    if isinstance(generator, list):
+        rows = [torch.randn(like.shape[1:], generator=g, dtype=like.dtype, device=like.device)
+                for g in generator]  # fmt: skip
+        return torch.stack(rows)
+    return torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
 
 
 class EntropySGD(torch.optim.Optimizer):

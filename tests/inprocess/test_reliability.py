@@ -34,7 +34,7 @@ class Faulty(LocalGroup):
         out = super().run_round(center, gamma, rho)
         for (replica, at), kind in self.plan.items():
             if at == self.calls and kind == "raise":
-                self.lost.add(replica)
+                self.lost_units.add(replica)
                 out[replica] = ReplicaLost("RuntimeError: injected")
             elif at == self.calls and kind == "nan":
                 weights, _ = out[replica]  # type: ignore[misc]

@@ -54,3 +54,35 @@ def test_more_gpus_than_the_cluster_has_fails_before_any_actor(tmp_path, data_ro
         replica_resources(config, ray.cluster_resources())
     assert train.main(["--set", f"run.storage={tmp_path}", "--set", f"data.root={data_root}",
                        "--set", "resources.gpus_per_replica=1"]) == 2  # fmt: skip
+
+
+def test_packed_actors_on_ray_match_packed_in_process(tmp_path, data_root) -> None:  # type: ignore[no-untyped-def]
+    sets = [f"run.storage={tmp_path}", f"data.root={data_root}", "algorithm.replicas=4",
+            "resources.replicas_per_actor=2", "train.rounds=6"]  # fmt: skip
+    on_ray = train.run(load_config(CONFIG_DIR / "smoke.toml", [*sets, "run.name=ray"]))
+    local = Coordinator(
+        load_config(CONFIG_DIR / "smoke.toml", [*sets, "run.name=local"]), LocalGroup
+    )
+    while not local.done:
+        local.step()
+    assert local.finish()["center_sha256"] == on_ray["center_sha256"]
+
+
+def test_a_killed_packed_actor_restarts_all_its_replicas(tmp_path, data_root) -> None:  # type: ignore[no-untyped-def]
+    import ray
+
+    sets = [f"run.storage={tmp_path}", f"data.root={data_root}", "algorithm.replicas=4",
+            "resources.replicas_per_actor=2", "train.rounds=4", "run.name=kill-pack"]  # fmt: skip
+    coordinator = Coordinator(load_config(CONFIG_DIR / "smoke.toml", sets), RayReplicaGroup)
+    try:
+        coordinator.step()
+        ray.kill(coordinator.group.actors[1])  # type: ignore[attr-defined]
+        while not coordinator.done:
+            coordinator.step()
+        assert coordinator.finish()["rounds"] == 4
+    finally:
+        coordinator.shutdown()
+    restarted = [
+        e["replica"] for e in coordinator.run.events() if e["event"] == "replica_restarted"
+    ]
+    assert restarted == [2, 3]

@@ -1,0 +1,178 @@
+"""Several replicas in one process and on one device, stepped together with torch.func.
+
+NCCL cannot join two actors on one GPU, and stepping replicas one after another (what
+the reference code does) leaves a GPU mostly idle. PackedReplicas keeps p Replica
+objects whose flat vectors and momentum buffers are the rows of two [p, n] blocks, and
+runs their local steps as ONE vmapped forward over the stacked weights with one
+backward: each row gets exactly its own gradient, since replica a's loss depends on
+row a alone. Everything per replica (data stream, SGLD noise, lr scale, evaluation,
+state) stays in its own Replica, so the numbers match unpacked runs to float tolerance.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.func import functional_call, vmap
+
+from coordinator import coupling
+from jobs.config import Config
+from replicas.local_steps import entropy_sgd_inner, momentum_step_
+from replicas.replica import Replica, RoundStats
+
+
+class PackedReplicas:
+    def __init__(
+        self, indices: list[int], config: Config, device: str = "cpu", threads: int = 0
+    ) -> None:
+        self.members = [Replica(i, config, device, threads) for i in indices]
+        self.config = config
+        first = self.members[0]
+        self.num_params = first.num_params
+        self.block = torch.empty((len(indices), first.flat.flat.numel()), device=first.device)
+        for row, member in enumerate(self.members):
+            member.flat.adopt_(self.block[row])
+        self.momentum: Tensor | None = None
+        if first.momentum is not None:
+            self.momentum = torch.zeros((len(indices), self.num_params), device=first.device)
+            for row, member in enumerate(self.members):
+                member.momentum = self.momentum[row]
+        self.skeleton = first.model  # the architecture functional_call runs (weights given)
+        self.slots = first.flat.slots
+        self._forward = vmap(self._one_forward)
+
+    def ready(self) -> int:
+        return self.num_params
+
+    def pid(self) -> int:
+        return self.members[0].pid()
+
+    # ---- the packed step -----------------------------------------------------------
+
+    def _one_forward(
+        self, params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor
+    ) -> Tensor:
+        out: Tensor = functional_call(self.skeleton, {**params, **buffers}, (x,))
+        return out
+
+    def _views(self, block: Tensor, params: bool) -> dict[str, Tensor]:
+        """Named [p, *shape] views into a [p, ·] block (parameters or float buffers)."""
+        base = 0 if params else self.num_params
+        p = block.shape[0]
+        return {
+            s.name: block[:, s.offset - base : s.offset - base + s.numel].view(p, *s.shape)
+            for s in self.slots
+            if s.is_param == params
+        }
+
+    def _loss_and_grad(self) -> tuple[Tensor, Tensor]:
+        """Per-row minibatch losses [p] and the [p, n_params] gradient block."""
+        batches = [m.stream.next() for m in self.members]
+        x = torch.stack([b[0] for b in batches])
+        y = torch.stack([b[1] for b in batches])
+        params = self.block[:, : self.num_params].detach().requires_grad_(True)
+        # BatchNorm under vmap updates its running statistics in place only when each is
+        # a contiguous tensor: step contiguous copies and write them back.
+        views = self._views(self.block[:, self.num_params :], params=False)
+        buffers = {name: view.contiguous() for name, view in views.items()}
+        with torch.enable_grad():
+            logits = self._forward(self._views(params, params=True), buffers, x)
+            losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
+            losses = losses.view(len(self.members), -1).mean(dim=1)
+            (grad,) = torch.autograd.grad(losses.sum(), params)
+        with torch.no_grad():
+            for name, view in views.items():
+                view.copy_(buffers[name])
+        return losses.detach(), grad
+
+    def _rates(self, base: float) -> Tensor:
+        scales = [m.lr_scale for m in self.members]
+        return torch.tensor(scales, device=self.block.device).unsqueeze(1) * base
+
+    # ---- one round, as Replica.round but for all rows ----------------------------
+
+    def round(
+        self, center: np.ndarray | None, gamma: float, rho: float
+    ) -> tuple[np.ndarray, list[RoundStats]]:
+        start = time.perf_counter()
+        kind = self.config.algorithm.kind
+        center_params = None if center is None else self.members[0]._params_of(center)
+        if center_params is not None:
+            for member in self.members:
+                member._pull(kind, center_params, gamma)
+        pulled = time.perf_counter()
+        if kind in ("esgd", "parle"):
+            losses = self._entropy_steps(gamma, rho, center_params if kind == "parle" else None)
+        else:
+            losses = self._sgd_steps()
+        done = time.perf_counter()
+        finite = torch.isfinite(self.block).all(dim=1) & torch.isfinite(losses)
+        stats = [
+            RoundStats(float(losses[a]), done - pulled, pulled - start, bool(finite[a]),
+                       (m.stream.epoch, m.stream.offset))
+            for a, m in enumerate(self.members)
+        ]  # fmt: skip
+        return self.block.detach().cpu().numpy(), stats
+
+    def _sgd_steps(self) -> Tensor:
+        algo = self.config.algorithm
+        total = torch.zeros(len(self.members), device=self.block.device)
+        rates = self._rates(algo.lr)
+        for _ in range(algo.coupling_period):
+            losses, grad = self._loss_and_grad()
+            total += losses
+            with torch.no_grad():
+                momentum_step_(
+                    self.block[:, : self.num_params], grad, self.momentum, rates,
+                    momentum=algo.momentum, nesterov=algo.nesterov, weight_decay=algo.weight_decay,
+                )  # fmt: skip
+        return total / algo.coupling_period
+
+    def _grad_at(self, w_prime: Tensor) -> tuple[Tensor, float]:
+        with torch.no_grad():
+            self.block[:, : self.num_params].copy_(w_prime)
+        losses, grad = self._loss_and_grad()
+        self._inner_losses.append(losses)
+        return grad, float(losses.mean())
+
+    def _entropy_steps(self, gamma: float, rho: float, center_params: Tensor | None) -> Tensor:
+        algo = self.config.algorithm
+        self._inner_losses: list[Tensor] = []
+        with torch.no_grad():
+            for _ in range(algo.coupling_period):
+                w = self.block[:, : self.num_params].clone()
+                inner = entropy_sgd_inner(
+                    w, self._grad_at, gamma=gamma, inner_lr=self._rates(algo.inner_lr),
+                    noise=algo.noise, alpha=algo.mu_alpha, steps=algo.inner_steps,
+                    weight_decay=algo.weight_decay, generator=[m.noise for m in self.members],
+                )  # fmt: skip
+                if center_params is None:
+                    direction = w - inner.mu
+                else:
+                    direction = coupling.parle_direction(w, inner.mu, center_params, rho)
+                momentum_step_(
+                    w, direction, self.momentum, self._rates(algo.lr),
+                    momentum=algo.momentum, nesterov=algo.nesterov,
+                )  # fmt: skip
+                self.block[:, : self.num_params].copy_(w)
+        return torch.stack(self._inner_losses).mean(dim=0)
+
+    # ---- per-replica services, delegated ---------------------------------------------
+
+    def evaluate(self, center: np.ndarray | None = None) -> list[dict[str, Any]]:
+        return [m.evaluate(center if row == 0 else None) for row, m in enumerate(self.members)]
+
+    def state_dict(self) -> list[dict[str, Any]]:
+        return [m.state_dict() for m in self.members]
+
+    def load_state_dict(self, states: list[dict[str, Any]]) -> None:
+        for member, state in zip(self.members, states, strict=True):
+            member.load_state_dict(state)
+
+    def load_member_state(self, row: int, state: dict[str, Any]) -> None:
+        self.members[row].load_state_dict(state)
