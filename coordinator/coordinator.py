@@ -27,7 +27,7 @@ from coordinator import checkpoint, coupling
 from coordinator.groups import ReplicaGroup, ReplicaLost, RoundOutcome
 from coordinator.rundir import RunDir
 from coordinator.scoping import Scope
-from coordinator.transport import stack_weights
+from coordinator.transport import readonly_tensor
 from jobs.config import Config, to_dict, to_toml
 from replicas.replica import RoundStats, replica_seed
 
@@ -150,7 +150,8 @@ class Coordinator:
         failed = self._failures(r, outcomes)
         good = [a for a in range(self.group.size) if a not in failed]
         stats = {a: self._stats(outcomes[a]) for a in good}
-        weights = stack_weights([self._weights(outcomes[a]) for a in good])
+        # Read-only views of what the object store returned: summed row by row, no stacking.
+        weights = [readonly_tensor(self._weights(outcomes[a])) for a in good]
         distances = dict(zip(good, self._update_center(weights).tolist(), strict=True))
         for a, reason in failed.items():
             self._restart(r, a, reason)
@@ -243,8 +244,8 @@ class Coordinator:
             "replica_restarted", round=r, replica=a, reason=reason, lr_scale=self.lr_scale[a]
         )
 
-    def _update_center(self, weights: Tensor) -> Tensor:
-        """New center from the gathered [y, n] weights; returns ‖w^a − center‖ per row."""
+    def _update_center(self, weights: list[Tensor]) -> Tensor:
+        """New center from the gathered weights; returns ‖w^a − center‖ per replica."""
         p = self.group.num_params
         if self.config.algorithm.kind == "easgd":
             if self.center is None:  # w̃ starts at the replicas' mean
@@ -257,7 +258,7 @@ class Coordinator:
             self.center = coupling.center(weights)
             coupled = self.config.algorithm.kind in ("rsgd", "parle")
             self.sent_center = self.center.numpy() if coupled else None
-        return coupling.squared_distances(weights[:, :p], self.center[:p]).sqrt()
+        return coupling.squared_distances(weights, self.center[:p]).sqrt()
 
     def _record(
         self, r: int, gamma: float, rho: float, stats: dict[int, RoundStats],

@@ -11,22 +11,43 @@ tensors and leave their inputs alone.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
-
-def center(replicas: Tensor) -> Tensor:
-    """w̄ = (1/y) Σ_a w^a for a [y, n] stack of flat replicas."""
-    if replicas.dim() != 2 or replicas.shape[0] == 0:
-        raise ValueError(
-            f"center expects a non-empty [y, n] stack, got shape {tuple(replicas.shape)}"
-        )
-    return replicas.mean(dim=0)
+Replicas = Tensor | Sequence[Tensor]
+"""y flat replicas: a [y, n] stack, or y separate [n] vectors (e.g. read-only views of
+the buffers the object store returned: summing them one by one saves stacking copies)."""
 
 
-def squared_distances(replicas: Tensor, center_: Tensor) -> Tensor:
-    """‖w^a − w̄‖² for each replica a, as a [y] tensor."""
-    return (replicas - center_).pow(2).sum(dim=1)
+def _rows(replicas: Replicas) -> Sequence[Tensor]:
+    if isinstance(replicas, Tensor) and replicas.dim() != 2:
+        raise ValueError(f"expected a [y, n] stack, got shape {tuple(replicas.shape)}")
+    if len(replicas) == 0:
+        raise ValueError("no replicas")
+    return list(replicas)  # rows of a stack are views: no copy
+
+
+def replica_sum(replicas: Replicas) -> Tensor:
+    """Σ_a w^a, accumulated row by row into one new vector."""
+    rows = _rows(replicas)
+    total = rows[0].clone()
+    for row in rows[1:]:
+        total.add_(row)
+    return total
+
+
+def center(replicas: Replicas) -> Tensor:
+    """w̄ = (1/y) Σ_a w^a."""
+    return replica_sum(replicas).div_(len(_rows(replicas)))
+
+
+def squared_distances(replicas: Replicas, center_: Tensor) -> Tensor:
+    """‖w^a − w̄‖² for each replica a, as a [y] tensor (rows may be longer than w̄: their
+    first len(w̄) entries are compared)."""
+    n = center_.shape[0]
+    return torch.stack([(row[:n] - center_).pow(2).sum() for row in _rows(replicas)])
 
 
 def rsgd_pull(weights: Tensor, center_: Tensor, lr: float, period: int, gamma: float) -> Tensor:
@@ -77,14 +98,14 @@ def easgd_sync_(replicas: Tensor, center_tilde: Tensor, alpha: float) -> Tensor:
     return diffs
 
 
-def easgd_center_update_(center_tilde: Tensor, replicas: Tensor, alpha: float) -> Tensor:
+def easgd_center_update_(center_tilde: Tensor, replicas: Replicas, alpha: float) -> Tensor:
     """The center's half of synchronous EASGD: w̃ ← w̃ + α Σ_a (w^a − w̃).
 
     Used when each replica applies its own half (w^a ← w^a − α(w^a − w̃)) in its own
     process: both halves read the same old w̃, so together they equal easgd_sync_.
     """
-    y = replicas.shape[0]
-    return center_tilde.mul_(1.0 - alpha * y).add_(replicas.sum(dim=0), alpha=alpha)
+    rows = _rows(replicas)
+    return center_tilde.mul_(1.0 - alpha * len(rows)).add_(replica_sum(rows), alpha=alpha)
 
 
 def parle_direction(weights: Tensor, mu: Tensor, center_: Tensor, rho: float) -> Tensor:
@@ -99,10 +120,3 @@ def parle_direction(weights: Tensor, mu: Tensor, center_: Tensor, rho: float) ->
 def parle_outer_step(weights: Tensor, mu: Tensor, center_: Tensor, lr: float, rho: float) -> Tensor:
     """Parle's outer step without momentum: w − η [(w − μ) + ρ (w − w̄)]."""
     return weights - lr * parle_direction(weights, mu, center_, rho)
-
-
-def stack(flat_replicas: list[Tensor]) -> Tensor:
-    """Rows of one [y, n] tensor from y flat vectors (one copy, in replica order)."""
-    if not flat_replicas:
-        raise ValueError("no replicas to stack")
-    return torch.stack(flat_replicas, dim=0)

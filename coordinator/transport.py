@@ -23,10 +23,3 @@ def readonly_tensor(array: np.ndarray) -> Tensor:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         return torch.from_numpy(np.asarray(array))
-
-
-def stack_weights(arrays: list[np.ndarray]) -> Tensor:
-    """The y gathered buffers as one writable [y, n] tensor: the one copy per round."""
-    if not arrays:
-        raise ValueError("no replica weights to stack")
-    return torch.from_numpy(np.stack(arrays))

@@ -121,4 +121,20 @@ def test_bad_shapes_are_refused() -> None:
     with pytest.raises(ValueError, match="stack"):
         coupling.center(T([1.0, 2.0]))
     with pytest.raises(ValueError, match="no replicas"):
-        coupling.stack([])
+        coupling.center([])
+
+
+def test_a_list_of_rows_gives_what_the_stack_gives() -> None:
+    torch.manual_seed(3)
+    stack = torch.randn(3, 5, dtype=torch.float64)
+    rows = [stack[a] for a in range(3)]
+    assert torch.allclose(coupling.center(rows), coupling.center(stack), atol=1e-15)
+    c = coupling.center(stack)
+    assert torch.allclose(coupling.squared_distances(rows, c), coupling.squared_distances(stack, c))
+    assert torch.allclose(
+        coupling.squared_distances(rows, c[:2]), (stack[:, :2] - c[:2]).pow(2).sum(1)
+    )
+    a, b = c.clone(), c.clone()
+    coupling.easgd_center_update_(a, rows, 0.1)
+    coupling.easgd_center_update_(b, stack, 0.1)
+    assert torch.allclose(a, b, atol=1e-15)
