@@ -66,14 +66,12 @@ def main() -> None:
     args = parser.parse_args()
     header("P3 one coupling round: flat buffers vs per-tensor pickling", vars(args))
     ray.init(num_cpus=2 * args.replicas, include_dashboard=False, log_to_driver=False)
-    flat_actors = [
-        ray.remote(num_cpus=1)(FlatHolder).remote(args.arch) for _ in range(args.replicas)
-    ]
-    dict_actors = [
-        ray.remote(num_cpus=1)(DictHolder).remote(args.arch) for _ in range(args.replicas)
-    ]
+    flat_cls: Any = ray.remote(num_cpus=1)(FlatHolder)
+    dict_cls: Any = ray.remote(num_cpus=1)(DictHolder)
+    flat_actors = [flat_cls.remote(args.arch) for _ in range(args.replicas)]
+    dict_actors = [dict_cls.remote(args.arch) for _ in range(args.replicas)]
     state: dict[str, Any] = {"flat": None, "dict": None}
-    size = ray.get(flat_actors[0].exchange.remote(None)).size
+    size = int(ray.get(flat_actors[0].exchange.remote(None)).size)
     print(f"  parameters + float buffers per replica: {size:,} floats ({size * 4 / 1e6:.1f} MB)")
 
     def flat_round() -> None:
@@ -89,7 +87,8 @@ def main() -> None:
     def per_round(fn: Any) -> Any:
         return lambda: seconds(lambda: [fn() for _ in range(args.rounds)]) / args.rounds * 1000
 
-    flat_round(), dict_round(), flat_round(), dict_round()  # warm up (first puts and gets)
+    for warm_up in (flat_round, dict_round, flat_round, dict_round):  # first puts and gets
+        warm_up()
     pairs = alternate(per_round(flat_round), per_round(dict_round), args.pairs)
     report_pairs("flat buffer", "per-tensor", pairs, "ms")
     flat_ms = sorted(x for x, _ in pairs)[len(pairs) // 2]
