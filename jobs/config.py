@@ -57,6 +57,9 @@ class DataConfig:
     """Cache directory for the Parquet shards (and raw downloads)."""
     batch_size: int = knob(100, lo=1, hi=65536)
     """Minibatch size |Ξ| per local step, per replica."""
+    validation: float = knob(0.0, lo=0.0, hi=0.5)
+    """Fraction of the training set held out; > 0 trains on the rest and reports the
+    held-out part in place of the test set (for choosing hyperparameters)."""
 
 
 @dataclass(kw_only=True)
@@ -138,6 +141,14 @@ class ResourcesConfig:
 
 
 @dataclass(kw_only=True)
+class LoggingConfig:
+    wandb: bool = knob(False)
+    """Log progress and the summary to Weights & Biases (offline without an API key)."""
+    wandb_project: str = knob("widevalley")
+    """W&B project the runs (and sweep trials) are logged to."""
+
+
+@dataclass(kw_only=True)
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -146,6 +157,7 @@ class Config:
     scoping: ScopingConfig = field(default_factory=ScopingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
 def _sections() -> dict[str, type]:

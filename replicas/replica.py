@@ -22,7 +22,7 @@ from torch import Tensor
 from coordinator import coupling
 from coordinator.transport import readonly_tensor
 from jobs.config import Config
-from jobs.data import Dataset, Split, load_dataset
+from jobs.data import Dataset, Split, load_dataset, validation_split
 from jobs.models import build_model
 from replicas.flat import FlatModule, unflatten_state_
 from replicas.local_steps import entropy_sgd_inner, momentum_step_
@@ -35,6 +35,18 @@ EVAL_TRAIN_SAMPLES = 10_000  # train accuracy on a fixed prefix: enough to read 
 def replica_seed(seed: int, index: int) -> int:
     """Independent, reproducible seeds per (run seed, replica index)."""
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+VALIDATION_SEED = 0  # one split for every run, so runs selected on it are comparable
+
+
+def held_out(data: Dataset, fraction: float) -> Dataset:
+    """With fraction > 0, train on the rest of the training set and report on the held-out
+    part where the test set would be: hyperparameters get chosen without seeing test."""
+    if fraction <= 0:
+        return data
+    rest, val = validation_split(data.train, fraction, VALIDATION_SEED)
+    return Dataset(data.name, rest, val, data.input_shape, data.num_classes)
 
 
 @dataclass(frozen=True)
@@ -79,7 +91,7 @@ class Replica:
             # ones (warn_only: an op without a deterministic kernel warns, not fails).
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.seed = replica_seed(config.run.seed, index)
-        data = load_dataset(config.data.dataset, config.data.root)
+        data = held_out(load_dataset(config.data.dataset, config.data.root), config.data.validation)
         self.data = Dataset(
             name=data.name,
             train=Split(data.train.x.to(self.device), data.train.y.to(self.device)),

@@ -161,3 +161,13 @@ def test_divergence_stops_the_run_naming_round_and_replica(make_config) -> None:
     assert torch.equal(coordinator.center, center_before), "NaN must never reach the center"  # type: ignore[arg-type]
     assert [e["event"] for e in coordinator.run.events()][-2:] == ["divergence", "stopped"]
     assert pq.read_table(Path(coordinator.run.path) / "metrics.parquet").num_rows == 4
+
+
+def test_validation_mode_reports_the_held_out_part_not_test(make_config) -> None:  # type: ignore[no-untyped-def]
+    config = make_config("data.validation=0.2")
+    replica = Replica(0, config)
+    assert len(replica.data.train.y) == 3200 and len(replica.data.test.y) == 800
+    plain = Replica(0, make_config())
+    assert len(plain.data.test.y) == 1000
+    held = {tuple(row.tolist()) for row in replica.data.test.x[:50]}
+    assert not held & {tuple(row.tolist()) for row in replica.data.train.x}
