@@ -1,0 +1,142 @@
+"""jobs/compare.py without Ray: aggregation over seeds, the verdict wording, rank
+correlation and the rendered table, all on hand-made numbers."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jobs import compare
+from jobs.config import CONFIG_DIR
+
+
+def row(model: str, method: str, seed: int, test: float, **extra: float) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "model": model, "method": method, "seed": seed, "test_accuracy": test,
+        "train_accuracy": test + 0.1, "gap": 0.1, "dE_0": 0.01, "dE_1": 0.1,
+        "lambda_max": 3.0, "wall_seconds": 10.0,
+    }  # fmt: skip
+    base.update(extra)
+    return base
+
+
+def test_mean_and_sample_std_over_seeds() -> None:
+    rows = [row("mlp", "rsgd", s, v) for s, v in enumerate([0.70, 0.72, 0.74])]
+    rows += [row("mlp", "sgd", s, v) for s, v in enumerate([0.60, 0.64])]
+    agg = compare.aggregate(rows)
+    mean, std, n = agg[("mlp", "rsgd")]["test_accuracy"]
+    assert (round(mean, 6), round(std, 6), n) == (0.72, 0.02, 3)  # ddof = 1: std of .70 .72 .74
+    mean, std, n = agg[("mlp", "sgd")]["test_accuracy"]
+    assert (round(mean, 6), round(std, 6), n) == (0.62, round(math.sqrt(0.0008), 6), 2)
+    assert list(agg) == [("mlp", "sgd"), ("mlp", "rsgd")]  # table order, not input order
+
+
+def test_missing_values_are_left_out_not_counted_as_zero() -> None:
+    rows = [row("mlp", "ensemble", s, 0.7, dE_0=math.nan, lambda_max=math.nan) for s in range(3)]
+    cells = compare.aggregate(rows)[("mlp", "ensemble")]
+    assert cells["lambda_max"][2] == 0 and compare.fmt_sci(cells["lambda_max"]) == "—"
+    assert compare.fmt(cells["test_accuracy"]) == "0.700 ± 0.000"
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "word"),
+    [
+        ((0.71, 0.01, 5), (0.63, 0.02, 5), "beat"),  # Δ = +0.08 > spread 0.02
+        ((0.60, 0.01, 5), (0.66, 0.01, 5), "lost"),
+        ((0.71, 0.03, 5), (0.70, 0.01, 5), "no clear difference"),  # Δ 0.01 < 0.03
+        ((0.715, 0.02, 5), (0.70, 0.01, 5), "no clear difference"),  # Δ 0.015 < 0.02
+        ((0.90, math.nan, 1), (0.60, math.nan, 1), "no clear difference"),  # one seed: no spread
+    ],
+)
+def test_verdict_wording(
+    a: tuple[float, float, int], b: tuple[float, float, int], word: str
+) -> None:
+    assert compare.verdict(a, b) == word
+
+
+def test_verdict_lines_compare_each_contender_with_each_baseline() -> None:
+    rows = []
+    for s in range(5):
+        rows += [row("mlp", "sgd", s, 0.63 + 0.002 * s), row("mlp", "sgd_long", s, 0.70 + 0.01 * s)]
+        rows += [row("mlp", "ensemble", s, 0.71), row("mlp", "rsgd", s, 0.71 + 0.001 * s)]
+    (line,) = compare.verdict_lines(compare.aggregate(rows), "mlp")
+    assert line.startswith("- **rSGD center**: beat SGD (")
+    assert "no clear difference SGD, y× steps" in line  # 0.712 vs 0.72 ± 0.016
+    # Δ = +0.002 against an ensemble that never varies: larger than rSGD's std 0.0016.
+    assert "beat ensemble of y SGD" in line
+    low = [r | {"test_accuracy": 0.5 + 0.001 * r["seed"]} if r["method"] == "rsgd" else r
+           for r in rows]  # fmt: skip
+    (line,) = compare.verdict_lines(compare.aggregate(low), "mlp")
+    assert "lost SGD (" in line and "lost ensemble of y SGD" in line
+
+
+def test_spearman_on_known_ranks() -> None:
+    assert compare.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert compare.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # Ties share their average rank: x ranks (0, 1.5, 1.5, 3) against y ranks (0, 1, 2, 3).
+    assert compare.spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486833, abs=1e-6)
+    assert math.isnan(compare.spearman([1, 2], [2, 1]))
+    assert math.isnan(compare.spearman([1, math.nan, 3], [1, 2, 3]))
+
+
+def test_flatter_went_with_better_is_said_only_when_ranks_agree() -> None:
+    rows = []
+    for s in range(3):
+        for k, method in enumerate(["sgd", "sgd_long", "rsgd", "esgd", "parle", "easgd"]):
+            # Accuracy rises with k, δE falls with k: flatter = better. λ_max rises with k.
+            rows.append(row("mlp", method, s, 0.5 + 0.05 * k, dE_1=1.0 - 0.1 * k,
+                            dE_0=0.1, lambda_max=1.0 + k))  # fmt: skip
+    lines = compare.flatness_lines(compare.aggregate(rows), "mlp", (0.1, 0.3))
+    assert "Spearman ρ = -1.00 (flatter (smaller) went with better test accuracy)" in lines[0]
+    assert "not enough methods" in lines[1]  # δE(0.1) is the same for every method
+    assert "Spearman ρ = +1.00 (flatter went with WORSE test accuracy)" in lines[2]
+
+
+def test_a_weak_rank_correlation_is_not_called_a_relation() -> None:
+    accs = [0.50, 0.55, 0.60, 0.65, 0.70, 0.75]
+    energy = [0.6, 0.5, 0.4, 0.1, 0.3, 0.2]  # ρ = -0.83: below 0.886, six methods
+    methods = ["sgd", "sgd_long", "rsgd", "esgd", "parle", "easgd"]
+    rows = [
+        row("mlp", m, s, a, dE_1=e)
+        for s in range(2)
+        for m, a, e in zip(methods, accs, energy, strict=True)
+    ]
+    line = compare.flatness_lines(compare.aggregate(rows), "mlp", (0.1, 0.3))[0]
+    assert "ρ = -0.83 (no clear relation: |ρ| < 0.886" in line
+    assert compare.spearman_critical(6) == 0.886 and compare.spearman_critical(4) == 1.0
+
+
+def test_table_has_one_line_per_method_and_the_aggregated_cells() -> None:
+    rows = [row("cnn1d", m, s, 0.6 + 0.01 * s) for m in compare.METHODS for s in range(2)]
+    lines = compare.table_lines(compare.aggregate(rows), "cnn1d", (0.1, 0.3))
+    assert len(lines) == 2 + len(compare.METHODS)
+    assert lines[0].count("|") == 10 and "δE(σ=0.1)" in lines[0] and "δE(σ=0.3)" in lines[0]
+    assert lines[2].startswith("| SGD | 0.605 ± 0.007 | 0.705 ± 0.007 |")
+    assert lines[-1].startswith("| EASGD center |") and lines[-1].endswith("| 2 |")
+
+
+def test_hp_label_and_rounds_check() -> None:
+    assert compare.hp_label(["scoping.gamma0=0.01", "scoping.gamma_max=1.0"]) == (
+        "gamma0=0.01,gamma_max=1.0"
+    )
+    p = compare.load_protocol(CONFIG_DIR / "compare_mnist1d.toml")
+    with pytest.raises(compare.CompareError, match="not a whole number of esgd rounds"):
+        compare.job_config(p, "mlp", "esgd", 0, "final", (), 500)
+    cfg = compare.job_config(p, "mlp", "sgd_long", 0, "final", ("algorithm.lr=0.05",), 6000)
+    assert (cfg.algorithm.replicas, cfg.train.rounds, cfg.algorithm.lr) == (1, 2400, 0.05)
+    sweep = compare.job_config(p, "cnn1d", "rsgd", 100, "sweep", ("scoping.gamma0=0.03",), 2000)
+    assert sweep.data.validation == 0.2 and sweep.run.name == "sweep-cnn1d-rsgd-gamma0=0.03"
+
+
+def test_protocol_files_load(tmp_path: Path) -> None:
+    for name in ("compare_mnist1d.toml", "compare_cifar10.toml"):
+        p = compare.load_protocol(CONFIG_DIR / name)
+        assert p.seeds >= 5 and set(p.methods) == set(compare.SWEPT)
+        assert all(len(v) >= 2 for v in p.sweep.values())
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[compare]\nmodels = ["mlp"]\n[methods]\nsgd = "sgd.toml"\n')
+    with pytest.raises(compare.CompareError, match="base config for rsgd"):
+        compare.load_protocol(bad)

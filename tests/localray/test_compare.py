@@ -1,0 +1,169 @@
+"""jobs/compare.py on a local Ray: a reduced comparison whose every number must come
+back out of a run directory, and the CIFAR-10 path on stand-in data in the raw format."""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from jobs import compare
+from jobs.config import CONFIG_DIR
+
+pytestmark = pytest.mark.ray
+
+
+def summary_value(method: str, s: dict[str, Any], m: dict[str, Any]) -> tuple[float, float]:
+    """(test, train) accuracy of a table entry, read the way the protocol defines it."""
+    if method in ("sgd", "sgd_long", "esgd"):
+        return float(np.mean(s["replica_test_accuracy"])), float(
+            np.mean(s["replica_train_accuracy"])
+        )
+    if method == "ensemble":
+        return s["ensemble_test_accuracy"], m["ensemble_train_accuracy"]
+    return s["center_test_accuracy"], s["center_train_accuracy"]
+
+
+def cell(values: list[float], digits: int = 3) -> str:
+    v = [x for x in values if math.isfinite(x)]
+    if len(v) < 2:
+        return f"{v[0]:.{digits}f}"
+    return f"{np.mean(v):.{digits}f} ± {np.std(v, ddof=1):.{digits}f}"
+
+
+def table_rows(text: str, heading: str) -> list[list[str]]:
+    block = text.split(heading, 1)[1].split("\n\n", 2)[1]
+    lines = [line for line in block.splitlines() if line.startswith("|")]
+    return [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+
+
+def check_against_run_dirs(out: Path, model: str, heading: str, seeds: int, steps: int) -> None:
+    rows = pq.read_table(out / "results" / "compare.parquet").to_pylist()
+    mine = [r for r in rows if r["model"] == model]
+    assert sorted({r["method"] for r in mine}) == sorted(compare.METHODS)
+    assert len(mine) == len(compare.METHODS) * seeds
+    for r in mine:
+        run = Path(r["run_dir"])
+        s = json.loads((run / "summary.json").read_text())
+        m = json.loads((run / "compare.json").read_text())
+        config = (run / "config.toml").read_text()
+        assert f'arch = "{model}"' in config and "validation = 0.0" in config
+        assert f"seed = {r['seed']}" in config
+        test, train = summary_value(r["method"], s, m)
+        assert (r["test_accuracy"], r["train_accuracy"]) == (test, train), r["run_dir"]
+        assert r["gap"] == pytest.approx(train - test)
+        assert r["wall_seconds"] == s["wall_seconds"]
+        budget = steps * (4 if r["method"] == "sgd_long" else 1)
+        assert s["gradient_evaluations_per_replica"] == budget
+        assert s["replicas"] == (1 if r["method"] == "sgd_long" else 4)
+        if r["method"] == "ensemble":
+            assert math.isnan(r["dE_0"]) and math.isnan(r["lambda_max"])
+        else:
+            grid = m["sigmas"]
+            assert r["dE_0"] == m["loss_delta"][grid.index(0.1)]
+            assert r["dE_1"] == m["loss_delta"][grid.index(0.3)]
+            assert r["lambda_max"] == m["lambda_max"] and r["lambda_max"] > 0
+            assert m["loss_delta"][grid.index(0.0)] == 0.0  # δE(0) is exactly zero
+    text = (out / "RESULTS.md").read_text()
+    table = table_rows(text, heading)
+    assert [t[0] for t in table] == [compare.LABELS[k] for k in compare.METHODS]
+    for t in table:
+        assert len(t) == 9
+        method = next(k for k, v in compare.LABELS.items() if v == t[0])
+        runs = [r for r in mine if r["method"] == method]
+        assert t[1] == cell([r["test_accuracy"] for r in runs])
+        assert t[2] == cell([r["train_accuracy"] for r in runs])
+        assert t[3] == cell([r["gap"] for r in runs])
+        assert t[7] == cell([r["wall_seconds"] for r in runs], 1)
+        assert t[8] == str(seeds)
+        if method == "ensemble":
+            assert t[4] == t[5] == t[6] == "—"
+        else:
+            assert t[6].split(" ± ")[0] == f"{np.mean([r['lambda_max'] for r in runs]):.3g}"
+    for name in ("accuracy.png", "local_energy.png"):
+        assert (out / "results" / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_reduced_comparison_every_number_from_a_run_dir(
+    ray_session: None, tmp_path: Path, data_root: Path
+) -> None:
+    started = time.time()
+    out = tmp_path / "out"
+    argv = ["--config", str(CONFIG_DIR / "compare_mnist1d.toml"), "--models", "mlp",
+            "--seeds", "2", "--steps", "400", "--storage", str(tmp_path / "runs"),
+            "--output", str(out), "--set", f"data.root={data_root}"]  # fmt: skip
+    assert compare.main(argv) == 0
+    assert time.time() - started < 300
+    check_against_run_dirs(out, "mlp", "### MNIST-1D mlp", seeds=2, steps=400)
+    text = (out / "RESULTS.md").read_text()
+    verdicts = text.split("## Did the coupled methods beat", 1)[1].split("## Did flatter", 1)[0]
+    for label in ("rSGD center", "eSGD", "Parle center", "EASGD center"):
+        line = next(x for x in verdicts.splitlines() if x.startswith(f"- **{label}**"))
+        found = re.findall(
+            r"(beat|lost|no clear difference) (SGD, y× steps|ensemble of y SGD|SGD) \(", line
+        )
+        assert [b for _, b in found] == ["SGD", "SGD, y× steps", "ensemble of y SGD"]
+    sweep = pq.read_table(out / "results" / "sweep.parquet").to_pylist()
+    assert len(sweep) == 10 and all("sweep-mlp-" in r["run_dir"] for r in sweep)
+    for r in sweep:  # the sweep selected on the validation split, never on test
+        assert "validation = 0.2" in (Path(r["run_dir"]) / "config.toml").read_text()
+    # A second invocation reuses the finished run directories and gives the same table.
+    first = pq.read_table(out / "results" / "compare.parquet").to_pylist()
+    assert compare.main(argv) == 0
+    again = pq.read_table(out / "results" / "compare.parquet").to_pylist()
+    assert [r["test_accuracy"] for r in again] == [r["test_accuracy"] for r in first]
+    assert "22 of 22 runs were finished run directories" in (out / "RESULTS.md").read_text()
+
+
+def write_standin_cifar(raw_dir: Path, per_batch: int = 20, test: int = 40) -> None:
+    """Random images in the official python-pickle batch format (see test_data.py)."""
+    rng = np.random.default_rng(1)
+    raw_dir.mkdir(parents=True)
+    files = {f"data_batch_{i}": per_batch for i in range(1, 6)} | {"test_batch": test}
+    for name, n in files.items():
+        batch = {
+            b"batch_label": name.encode(),
+            b"labels": [int(v) for v in rng.integers(0, 10, n)],
+            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            b"filenames": [f"{name}_{i}.png".encode() for i in range(n)],
+        }
+        payload = pickle.dumps(batch, protocol=2).replace(
+            b"numpy._core.multiarray", b"numpy.core.multiarray"
+        )
+        (raw_dir / name).write_bytes(payload)
+
+
+def test_cifar10_path_on_standin_data(ray_session: None, tmp_path: Path) -> None:
+    text = (CONFIG_DIR / "compare_cifar10.toml").read_text()
+    for number in ("16.5", "15.6", "14.7", "13.1", "12.4", "12.1"):  # the paper's seed table
+        assert number in text
+    root = tmp_path / "data"
+    write_standin_cifar(root / "cifar-10-batches-py")
+    out = tmp_path / "out"
+    # The file as it is, but one value per method in the sweep: a tiny budget on a busy box.
+    head, rest = text.split("\n[sweep]\n", 1)
+    one_each = "".join(f'{m} = [["algorithm.lr=0.05"]]\n' for m in ("sgd", "rsgd", "esgd"))
+    one_each += 'parle = [["algorithm.lr=0.25"]]\neasgd = [["scoping.gamma0=1.0"]]\n'
+    small = tmp_path / "compare_cifar10.toml"
+    small.write_text(f"{head}\n[sweep]\n{one_each}\n[flatness]{rest.split('[flatness]', 1)[1]}")
+    argv = ["--config", str(small), "--models", "smallconvnet",
+            "--seeds", "1", "--steps", "10", "--storage", str(tmp_path / "runs"),
+            "--output", str(out), "--set", f"data.root={root}", "--set", "data.batch_size=10",
+            "--set", "algorithm.coupling_period=2", "--set", "algorithm.inner_steps=5",
+            "--flatness", "subset=50", "--flatness", "draws=4",
+            "--flatness", "lanczos_steps=5"]  # fmt: skip
+    assert compare.main(argv) == 0
+    check_against_run_dirs(out, "smallconvnet", "### cifar10 smallconvnet", seeds=1, steps=10)
+    assert len(pq.read_table(out / "results" / "sweep.parquet").to_pylist()) == 5
+    rows = pq.read_table(out / "results" / "compare.parquet").to_pylist()
+    for r in rows:
+        config = (Path(r["run_dir"]) / "config.toml").read_text()
+        assert 'dataset = "cifar10"' in config and "weight_decay = 0.0005" in config
