@@ -48,7 +48,7 @@ class ResumeMismatch(ValueError):
 
 MAX_CONSECUTIVE_FAILURES = 3
 # A resumed run may change how long it trains and how it reports, not what it trains.
-RESUMABLE_CHANGES = ("train", "run.name", "run.storage")
+RESUMABLE_CHANGES = ("train", "logging", "run.name", "run.storage")
 
 
 def make_scopes(config: Config) -> tuple[Scope, Scope]:

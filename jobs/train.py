@@ -98,6 +98,8 @@ def summary_table(s: dict[str, Any], run_dir: str) -> str:
 
 
 def run(config: Config, fresh: bool = False) -> dict[str, Any]:
+    from jobs import tracking  # wandb is imported only when logging.wandb is on
+
     where = connect()
     replica_resources(config, ray.cluster_resources())  # fail before any actor starts
     print(
@@ -109,6 +111,7 @@ def run(config: Config, fresh: bool = False) -> dict[str, Any]:
     coordinator: Any = ray.remote(num_cpus=0)(Coordinator).remote(
         config, RayReplicaGroup, fresh=fresh
     )
+    tracker = tracking.start(config, RunDir(config.run.storage, config.run.name).path)
     try:
         status = ray.get(coordinator.status.remote())
         if status["resumed_from"] is not None:
@@ -117,10 +120,13 @@ def run(config: Config, fresh: bool = False) -> dict[str, Any]:
         while at < config.train.rounds:
             progress = ray.get(coordinator.step.remote())
             print(progress_line(progress, config.train.rounds), flush=True)
+            tracker.log(progress)
             at = progress["round"]
         summary: dict[str, Any] = ray.get(coordinator.finish.remote())
+        tracker.finish(summary)
         ray.get(coordinator.shutdown.remote())
     finally:
+        tracker.finish()
         ray.kill(coordinator)
     return summary
 
