@@ -1,22 +1,14 @@
 """Tier 4: a sweep submitted with `ray job submit` to `ray start --head` on 127.0.0.1.
 
-The head is set up as in test_job_submit.py (its fixture is duplicated here, not shared):
-the job's `python` is this venv's (PATH), the job CLI authenticates with the token that
-`ray start` writes (RAY_AUTH_MODE=token), and everything lives in a temp dir.
+The head and the ray CLI come from tests/e2e/conftest.py.
 """
 
 import json
-import os
-import shutil
-import socket
-import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import ray
 
 from jobs.config import load_config
 
@@ -25,45 +17,8 @@ BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.e2e
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def ray_cli(
-    *args: str, env: dict[str, str], timeout: float = 300
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN / "ray"), *args], env=env, capture_output=True, text=True, timeout=timeout,
-        check=False,
-    )  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
-    """A Ray head on loopback with 2 CPUs; yields the dashboard URL and the CLI's env."""
-    if ray.is_initialized():  # the local-Ray tier's session shares our two cores
-        ray.shutdown()
-    temp = tmp_path_factory.mktemp("ray")
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token"}
-    env.pop("RAY_ADDRESS", None)
-    dashboard = free_port()
-    started = ray_cli(
-        "start", "--head", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
-        "--num-cpus=2", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-        f"--temp-dir={temp}", "--disable-usage-stats", env=env,
-    )  # fmt: skip
-    assert started.returncode == 0, started.stdout + started.stderr
-    try:
-        yield f"http://127.0.0.1:{dashboard}", env
-    finally:
-        ray_cli("stop", "--force", env=env, timeout=120)
-        shutil.rmtree(temp, ignore_errors=True)
-
-
 def test_submitted_sweep_runs_its_trials_as_tune_actors_and_writes_its_results(
-    head, tmp_path: Path
+    head, ray_cli, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     address, env = head
     storage = tmp_path / "sweeps"
