@@ -278,14 +278,17 @@ def _check_combinations(config: Config) -> None:
         )
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def read_toml(
+    path: Path, kind: str = "config", error: type[ConfigError] = ConfigError
+) -> dict[str, Any]:
+    """A TOML file as a dict, or `error` in one line naming the `kind` of file."""
     try:
         with path.open("rb") as f:
             return tomllib.load(f)
     except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
+        raise error(f"{kind} file not found: {path}") from None
     except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"config file {path} is not valid TOML: {err}") from None
+        raise error(f"{kind} file {path} is not valid TOML: {err}") from None
 
 
 def _flatten(table: dict[str, Any]) -> dict[str, Any]:
@@ -302,7 +305,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Defaults ← TOML file ← --set overrides, then validate once."""
     config = Config()
     if path is not None:
-        for key, value in _flatten(_read_toml(Path(path))).items():
+        for key, value in _flatten(read_toml(Path(path))).items():
             _apply(config, key, value)
     for item in overrides or []:
         key, sep, raw = item.partition("=")

@@ -26,7 +26,6 @@ import os
 import sys
 import tempfile
 import time
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -47,6 +46,7 @@ from jobs.config import (
     knob,
     load_config,
     parse_value,
+    read_toml,
     to_dict,
     to_toml,
 )
@@ -299,16 +299,6 @@ def _checked(key: str, value: Any, declared: str, meta: Any) -> Any:
     return value
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        raise SweepError(f"sweep file not found: {path}") from None
-    except tomllib.TOMLDecodeError as err:
-        raise SweepError(f"sweep file {path} is not valid TOML: {err}") from None
-
-
 def _base_path(name: str, sweep_file: Path) -> Path:
     for candidate in (sweep_file.parent / name, CONFIG_DIR / name, Path(name)):
         if candidate.is_file():
@@ -332,7 +322,7 @@ def _set_in(table: dict[str, Any], key: str, value: Any) -> None:
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     """Sweep file ← --set overrides; base config, sweep options and space all validated."""
     path = Path(path)
-    table = _read_toml(path)
+    table = read_toml(path, "sweep", SweepError)
     base_name = table.pop("base", None)
     sweep_table = table.pop("sweep", None)
     if not isinstance(sweep_table, dict):
