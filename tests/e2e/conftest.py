@@ -1,10 +1,12 @@
 """Tier 4 fixtures: a Ray head started with `ray start` on loopback, and the ray CLI.
 
-The job's `python` is this venv's (PATH first), the job CLI authenticates with the token
-that `ray start` writes (RAY_AUTH_MODE=token), and everything lives in a temp dir.
+The job's `python` is this venv's (PATH first), the head and the job CLI use token auth
+(RAY_AUTH_MODE=token) with a fresh token in the temp dir (RAY_AUTH_TOKEN_PATH): the tests
+neither need nor touch ~/.ray/auth_token, which a clean machine does not have.
 """
 
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -49,7 +51,15 @@ def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[s
     if ray.is_initialized():  # the local-Ray tier's session shares our two cores
         ray.shutdown()
     temp = tmp_path_factory.mktemp("ray")
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token"}
+    token = temp / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(token),
+    }
+    env.pop("RAY_AUTH_TOKEN", None)  # it would win over the path
     env.pop("RAY_ADDRESS", None)
     dashboard = free_port()
     started = run_ray_cli(
