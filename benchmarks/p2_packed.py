@@ -5,6 +5,10 @@ the sequential round ÷ time of the packed round, K local steps each.
 Target: ≥ 1.5× on CPU, ≥ 3× on a GPU.
 
     python benchmarks/p2_packed.py [--arch mlp] [--replicas 8] [--k 10] [--device cpu]
+        [--threads 1] [--force-vmap]
+
+The packed side uses replicas/packed_forward.py's batched kernels where the model allows
+(mlp, cnn1d) and torch.func's vmap otherwise; --force-vmap measures the vmap path.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=10, help="rounds per measurement")
     parser.add_argument("--pairs", type=int, default=7)
+    parser.add_argument("--force-vmap", action="store_true", help="pack with vmap only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     header("P2 packed replicas: sequential time ÷ packed time", vars(args))
@@ -39,7 +44,8 @@ def main() -> None:
             f"algorithm.replicas={args.replicas}"]  # fmt: skip
     config = load_config(None, sets)
     indices = list(range(args.replicas))
-    packed = PackedReplicas(indices, config, args.device)
+    packed = PackedReplicas(indices, config, args.device, force_vmap=args.force_vmap)
+    print(f"  packed forward: {packed.forward_kind}")
     sequential = [Replica(i, config, args.device) for i in indices]
 
     def sync() -> None:

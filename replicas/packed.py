@@ -1,12 +1,14 @@
-"""Several replicas in one process and on one device, stepped together with torch.func.
+"""Several replicas in one process and on one device, stepped together.
 
 NCCL cannot join two actors on one GPU, and stepping replicas one after another (what
 the reference code does) leaves a GPU mostly idle. PackedReplicas keeps p Replica
 objects whose flat vectors and momentum buffers are the rows of two [p, n] blocks, and
-runs their local steps as ONE vmapped forward over the stacked weights with one
-backward: each row gets exactly its own gradient, since replica a's loss depends on
-row a alone. Everything per replica (data stream, SGLD noise, lr scale, evaluation,
-state) stays in its own Replica, so the numbers match unpacked runs to float tolerance.
+runs their local steps as ONE forward over the stacked weights with one backward:
+each row gets exactly its own gradient, since replica a's loss depends on row a alone.
+The forward is replicas/packed_forward.py's batched kernels when the model is a plain
+Sequential of the layers written there, and torch.func's vmap otherwise. Everything
+per replica (data stream, SGLD noise, lr scale, evaluation, state) stays in its own
+Replica, so the numbers match unpacked runs to float tolerance.
 """
 
 from __future__ import annotations
@@ -23,12 +25,18 @@ from torch.func import functional_call, vmap
 from coordinator import coupling
 from jobs.config import Config
 from replicas.local_steps import entropy_sgd_inner, momentum_step_
+from replicas.packed_forward import compile_packed
 from replicas.replica import Replica, RoundStats
 
 
 class PackedReplicas:
     def __init__(
-        self, indices: list[int], config: Config, device: str = "cpu", threads: int = 0
+        self,
+        indices: list[int],
+        config: Config,
+        device: str = "cpu",
+        threads: int = 0,
+        force_vmap: bool = False,  # tests and P2 compare both forwards
     ) -> None:
         self.members = [Replica(i, config, device, threads) for i in indices]
         self.config = config
@@ -44,7 +52,10 @@ class PackedReplicas:
                 member.momentum = self.momentum[row]
         self.skeleton = first.model  # the architecture functional_call runs (weights given)
         self.slots = first.flat.slots
-        self._forward = vmap(self._one_forward)
+        # Batched kernels for a plain Sequential of common layers; vmap for anything else.
+        kernels = None if force_vmap else compile_packed(self.skeleton)
+        self.forward_kind = "vmap" if kernels is None else "batched kernels"
+        self._forward = kernels or vmap(self._one_forward)
 
     def ready(self) -> int:
         return self.num_params

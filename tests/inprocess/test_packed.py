@@ -47,12 +47,14 @@ def test_packed_and_unpacked_runs_agree(make_config, extra: list[str]) -> None: 
     )
 
 
+@pytest.mark.parametrize("force_vmap", [False, True], ids=["kernels", "vmap"])
 @pytest.mark.parametrize("arch", ["mlp", "cnn1d"])
 def test_each_packed_step_matches_the_lone_replicas_to_float_rounding(
-    make_config, arch: str
+    make_config, arch: str, force_vmap: bool
 ) -> None:  # type: ignore[no-untyped-def]
     config = make_config(f"model.arch={arch}", "algorithm.coupling_period=1")
-    pack = PackedReplicas([0, 1], config)
+    pack = PackedReplicas([0, 1], config, force_vmap=force_vmap)
+    assert pack.forward_kind == ("vmap" if force_vmap else "batched kernels")
     alone = [Replica(0, config), Replica(1, config)]
     for _ in range(5):
         block, _ = pack.round(None, 0.0, 0.0)
