@@ -50,6 +50,7 @@ class PackedReplicas:
             self.momentum = torch.zeros((len(indices), self.num_params), device=first.device)
             for row, member in enumerate(self.members):
                 member.momentum = self.momentum[row]
+        self._grad_block = torch.empty((len(indices), self.num_params), device=first.device)
         self.skeleton = first.model  # the architecture functional_call runs (weights given)
         self.slots = first.flat.slots
         # Batched kernels for a plain Sequential of common layers; vmap for anything else.
@@ -86,17 +87,25 @@ class PackedReplicas:
         batches = [m.stream.next() for m in self.members]
         x = torch.stack([b[0] for b in batches])
         y = torch.stack([b[1] for b in batches])
-        params = self.block[:, : self.num_params].detach().requires_grad_(True)
-        # BatchNorm under vmap updates its running statistics in place only when each is
-        # a contiguous tensor: step contiguous copies and write them back.
+        # Each parameter is its own leaf (a view of the block): differentiating through
+        # slices of one [p, n] leaf would fill a zero [p, n] tensor per parameter.
+        params = {
+            name: view.detach().requires_grad_(True)
+            for name, view in self._views(self.block[:, : self.num_params], params=True).items()
+        }
+        # BatchNorm updates its running statistics in place only when each is a
+        # contiguous tensor: step contiguous copies and write them back.
         views = self._views(self.block[:, self.num_params :], params=False)
         buffers = {name: view.contiguous() for name, view in views.items()}
         with torch.enable_grad():
-            logits = self._forward(self._views(params, params=True), buffers, x)
+            logits = self._forward(params, buffers, x)
             losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
             losses = losses.view(len(self.members), -1).mean(dim=1)
-            (grad,) = torch.autograd.grad(losses.sum(), params)
+            grads = torch.autograd.grad(losses.sum(), list(params.values()))
         with torch.no_grad():
+            grad = self._grad_block
+            for slot_grad, view in zip(grads, self._views(grad, params=True).values(), strict=True):
+                view.copy_(slot_grad)
             for name, view in views.items():
                 view.copy_(buffers[name])
         return losses.detach(), grad
