@@ -5,7 +5,7 @@ the sequential round ÷ time of the packed round, K local steps each.
 Target: ≥ 1.5× on CPU, ≥ 3× on a GPU.
 
     python benchmarks/p2_packed.py [--arch mlp] [--replicas 8] [--k 10] [--device cpu]
-        [--threads 1] [--force-vmap]
+        [--threads 1] [--force-vmap] [--profile]
 
 The packed side uses replicas/packed_forward.py's batched kernels where the model allows
 (mlp, cnn1d) and torch.func's vmap otherwise; --force-vmap measures the vmap path.
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+from collections.abc import Callable
 
 import torch
 from _timing import alternate, header, median_ratio, report_pairs, seconds
@@ -35,6 +36,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10, help="rounds per measurement")
     parser.add_argument("--pairs", type=int, default=7)
     parser.add_argument("--force-vmap", action="store_true", help="pack with vmap only")
+    parser.add_argument("--profile", action="store_true", help="print where the time goes")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     header("P2 packed replicas: sequential time ÷ packed time", vars(args))
@@ -77,6 +79,17 @@ def main() -> None:
         f"  packed: {sorted(per_step)[len(per_step) // 2]:.3f} ms per step of all {args.replicas}"
     )
     print(f"P2 = {median_ratio(pairs):.2f}x (target >= 1.5x on CPU, >= 3x on a GPU)")
+    if args.profile:
+        for label, run in (("sequential", run_sequential), ("packed", run_packed)):
+            print_profile(label, run)
+
+
+def print_profile(label: str, run: Callable[[], float]) -> None:
+    """torch.profiler's operators by self time over one measurement (args.rounds rounds)."""
+    with torch.profiler.profile() as prof:
+        run()
+    print(f"\n{label}: operators by self CPU time")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
 
 
 if __name__ == "__main__":
