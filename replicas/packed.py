@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from coordinator import coupling
@@ -51,6 +51,13 @@ class PackedReplicas:
             for row, member in enumerate(self.members):
                 member.momentum = self.momentum[row]
         self._grad_block = torch.empty((len(indices), self.num_params), device=first.device)
+        # num_batches_tracked of each member's BatchNorm layers that count in training.
+        self._batch_counters = [
+            [m.num_batches_tracked for m in member.model.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+             and m.num_batches_tracked is not None]
+            for member in self.members
+        ]  # fmt: skip
         self.skeleton = first.model  # the architecture functional_call runs (weights given)
         self.slots = first.flat.slots
         # Batched kernels for a plain Sequential of common layers; vmap for anything else.
@@ -97,11 +104,16 @@ class PackedReplicas:
         # contiguous tensor: step contiguous copies and write them back.
         views = self._views(self.block[:, self.num_params :], params=False)
         buffers = {name: view.contiguous() for name, view in views.items()}
+        counted = [c.clone() for c in self._batch_counters[0]]
         with torch.enable_grad():
             logits = self._forward(params, buffers, x)
             losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
             losses = losses.view(len(self.members), -1).mean(dim=1)
-            grads = torch.autograd.grad(losses.sum(), list(params.values()))
+            # A parameter that does not reach the loss gets a zero gradient, as alone.
+            grads = torch.autograd.grad(
+                losses.sum(), list(params.values()), allow_unused=True, materialize_grads=True
+            )
+        self._count_batch(counted)
         with torch.no_grad():
             grad = self._grad_block
             for slot_grad, view in zip(grads, self._views(grad, params=True).values(), strict=True):
@@ -109,6 +121,19 @@ class PackedReplicas:
             for name, view in views.items():
                 view.copy_(buffers[name])
         return losses.detach(), grad
+
+    def _count_batch(self, before: list[Tensor]) -> None:
+        """Every member's BatchNorm layers saw one more batch, as in a lone replica's step.
+
+        vmap's functional_call counts on the skeleton (member 0) alone and the batched
+        kernels count on none, so the skeleton's counters are put back first.
+        """
+        with torch.no_grad():
+            for counter, value in zip(self._batch_counters[0], before, strict=True):
+                counter.copy_(value)
+            for counters in self._batch_counters:
+                for counter in counters:
+                    counter.add_(1)
 
     def _rates(self, base: float) -> Tensor:
         scales = [m.lr_scale for m in self.members]

@@ -44,24 +44,63 @@ class PackedSequential:
         return x
 
 
+# The modules written here. A subclass counts only if it keeps its base's forward, and
+# no module may carry hooks: either would make the module compute something else.
+PLAIN = (nn.Sequential, nn.ReLU, nn.Identity, nn.Flatten, nn.Unflatten, nn.Linear, nn.Conv1d,
+         nn.BatchNorm1d)  # fmt: skip
+
+
 def compile_packed(model: nn.Module) -> PackedSequential | None:
-    """The batched forward of `model`, or None when it holds a layer not written here."""
-    layers = []
+    """The batched forward of `model`, or None when it holds a layer not written here
+    (or weights it does not own alone: tied, parametrized, or a module used twice)."""
+    if _global_hooks():
+        return None
+    layers, reads = [], set()
     for name, module in _leaves(model, ""):
-        layer = _packed_layer(name, module)
+        layer = _packed_layer(name, module) if _plain(module) else None
         if layer is None:
             return None
         layers.append(layer)
+        reads |= {name + n for n in _float_names(module, recurse=False)}
+    all_params = list(model.named_parameters(remove_duplicate=False))
+    if len(all_params) != len(dict(model.named_parameters())):  # tied weights
+        return None
+    if reads != _float_names(model, recurse=True):
+        return None
     return PackedSequential(layers)
 
 
 def _leaves(module: nn.Module, prefix: str) -> Iterator[tuple[str, nn.Module]]:
-    """The leaf modules of nested Sequentials in call order, with their name prefixes."""
-    if isinstance(module, nn.Sequential):
-        for name, child in module.named_children():
-            yield from _leaves(child, f"{prefix}{name}.")
+    """The leaf modules of nested plain Sequentials in call order, with their name
+    prefixes; a module used twice comes twice, as Sequential.forward calls it twice."""
+    if isinstance(module, nn.Sequential) and _plain(module):
+        for name, child in module._modules.items():
+            if child is not None:
+                yield from _leaves(child, f"{prefix}{name}.")
     else:
         yield prefix, module
+
+
+def _plain(module: nn.Module) -> bool:
+    base = next((b for b in PLAIN if isinstance(module, b)), None)
+    hooked = (module._forward_hooks, module._forward_pre_hooks, module._backward_hooks,
+              module._backward_pre_hooks)  # fmt: skip
+    return base is not None and type(module).forward is base.forward and not any(hooked)
+
+
+def _global_hooks() -> bool:
+    from torch.nn.modules import module as m
+
+    hooks = (m._global_forward_hooks, m._global_forward_pre_hooks, m._global_backward_hooks,
+             m._global_backward_pre_hooks)  # fmt: skip
+    return any(hooks)
+
+
+def _float_names(module: nn.Module, recurse: bool) -> set[str]:
+    """Names of the parameters and float buffers: what the packed blocks hold."""
+    params = {n for n, _ in module.named_parameters(recurse=recurse)}
+    buffers = module.named_buffers(recurse=recurse)
+    return params | {n for n, b in buffers if b.is_floating_point()}
 
 
 def _packed_layer(prefix: str, module: nn.Module) -> Layer | None:
@@ -145,7 +184,7 @@ class _Windows(torch.autograd.Function):
             return None, None, None, None
         shape, kernel, stride, padding, length = ctx.geometry
         p, batch, channels, width = shape
-        per_tap = grad.view(p, batch, length, channels, kernel)
+        per_tap = grad.reshape(p, batch, length, channels, kernel)
         # Into the unpadded input directly (a contiguous gradient: the ReLU backward
         # before this layer is several times slower on a strided one).
         x_grad = grad.new_zeros(p, batch, channels, width)
@@ -183,6 +222,6 @@ def _batch_norm(prefix: str, bn: nn.BatchNorm1d) -> Layer | None:
             momentum=momentum,
             eps=eps,
         )
-        return out.view(batch, p, *x.shape[2:]).transpose(0, 1)
+        return out.view(batch, p, *x.shape[2:]).transpose(0, 1).contiguous()  # as Conv1d's
 
     return forward

@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
 from coordinator.coordinator import Coordinator
 from coordinator.groups import LocalGroup
@@ -23,6 +25,7 @@ def final_weights(config) -> tuple[list[np.ndarray], dict]:  # type: ignore[no-u
         ["algorithm.kind=rsgd"],
         ["algorithm.kind=rsgd", "model.arch=cnn1d", "algorithm.nesterov=true"],
         ["algorithm.kind=parle", "algorithm.inner_steps=3", "scoping.rho_max=1"],
+        ["algorithm.kind=esgd", "model.arch=cnn1d", "algorithm.inner_steps=2"],
         [
             "algorithm.kind=easgd",
             "scoping.kind=constant",
@@ -30,7 +33,7 @@ def final_weights(config) -> tuple[list[np.ndarray], dict]:  # type: ignore[no-u
             "scoping.gamma_max=2",
         ],
     ],
-    ids=["rsgd-mlp", "rsgd-cnn1d-bn", "parle-noise", "easgd"],
+    ids=["rsgd-mlp", "rsgd-cnn1d-bn", "parle-noise", "esgd-cnn1d-bn", "easgd"],
 )
 def test_packed_and_unpacked_runs_agree(make_config, extra: list[str]) -> None:  # type: ignore[no-untyped-def]
     sets = [*extra, "algorithm.replicas=3", "train.rounds=3"]
@@ -62,6 +65,10 @@ def test_each_packed_step_matches_the_lone_replicas_to_float_rounding(
             np.testing.assert_allclose(
                 block[row], replica.round(None, 0.0, 0.0)[0], rtol=0, atol=1e-6
             )
+    for member, replica in zip(pack.members, alone, strict=True):  # BatchNorm's batch count
+        counts = [{n: int(b) for n, b in r.state_dict()["int_buffers"].items()}
+                  for r in (member, replica)]  # fmt: skip
+        assert counts[0] == counts[1] == ({"2.num_batches_tracked": 5} if arch == "cnn1d" else {})
 
 
 def test_packed_rows_are_the_members_weights(make_config) -> None:  # type: ignore[no-untyped-def]
@@ -74,3 +81,31 @@ def test_packed_rows_are_the_members_weights(make_config) -> None:  # type: igno
             member.stream.offset,
         )
     assert not np.array_equal(block[0], block[1])
+
+
+class WithUnusedLayer(nn.Module):
+    def __init__(self, inputs: int, classes: int) -> None:
+        super().__init__()
+        self.used, self.unused = nn.Linear(inputs, classes), nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.used(x)  # type: ignore[no-any-return]
+
+
+def test_a_parameter_that_never_reaches_the_loss_gets_a_zero_gradient(
+    make_config, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(
+        "replicas.replica.build_model", lambda arch, shape, n: WithUnusedLayer(shape[0], n)
+    )
+    config = make_config("algorithm.coupling_period=2", "algorithm.weight_decay=0")
+    pack = PackedReplicas([0, 1], config)
+    assert pack.forward_kind == "vmap"
+    before = pack.block.clone()
+    block, _ = pack.round(None, 0.0, 0.0)
+    unused = [s for s in pack.slots if s.name.startswith("unused.")]
+    for slot in unused:
+        span = slice(slot.offset, slot.offset + slot.numel)
+        assert np.array_equal(block[:, span], before[:, span].numpy())
+    alone = Replica(0, config)
+    np.testing.assert_allclose(block[0], alone.round(None, 0.0, 0.0)[0], rtol=0, atol=1e-6)

@@ -134,3 +134,67 @@ def test_layers_not_written_here_leave_the_model_to_vmap(module: nn.Module) -> N
 @pytest.mark.parametrize("arch", ["smallconvnet", "resnet18"])
 def test_image_models_leave_to_vmap(arch: str) -> None:
     assert compile_packed(build_model(arch, (3, 32, 32), 10)) is None
+
+
+class Doubling(nn.Sequential):
+    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
+        return 2 * super().forward(x)
+
+
+class Squashed(nn.Linear):
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x).tanh()
+
+
+def hooked() -> nn.Module:
+    model = nn.Sequential(nn.Linear(5, 3))
+    model[0].register_forward_hook(lambda module, args, out: out + 1)
+    return model
+
+
+def tied() -> nn.Module:
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
+    model[2].weight = model[0].weight
+    return model
+
+
+def parametrized() -> nn.Module:
+    model = nn.Sequential(nn.Linear(4, 4))
+    torch.nn.utils.parametrizations.orthogonal(model[0])
+    return model
+
+
+def used_twice() -> nn.Module:
+    layer = nn.Linear(4, 4)
+    return nn.Sequential(layer, nn.ReLU(), layer)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: Doubling(nn.Linear(5, 3)), lambda: nn.Sequential(Squashed(5, 3)), hooked, tied,
+     parametrized, used_twice],
+    ids=["sequential-subclass", "linear-subclass", "hook", "tied", "parametrized", "used-twice"],
+)  # fmt: skip
+def test_models_that_compute_something_else_or_share_weights_leave_to_vmap(make: object) -> None:
+    assert compile_packed(make()) is None  # type: ignore[operator]
+
+
+def test_a_global_module_hook_leaves_every_model_to_vmap() -> None:
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda m, a, out: out)
+    try:
+        assert compile_packed(build_model("mlp", (40,), 10)) is None
+    finally:
+        handle.remove()
+    assert compile_packed(build_model("mlp", (40,), 10)) is not None
+
+
+def test_an_activation_module_used_twice_is_applied_twice() -> None:
+    relu = nn.ReLU()
+    torch.manual_seed(0)
+    models = [nn.Sequential(nn.Linear(4, 4), relu, nn.Linear(4, 4), relu) for _ in range(P)]
+    forward = compile_packed(models[0])
+    assert forward is not None
+    x = torch.randn(P, BATCH, 4)
+    logits = forward(stacked(models, buffers=False), {}, x)
+    for a, model in enumerate(models):
+        torch.testing.assert_close(logits[a], model(x[a]), rtol=0, atol=1e-6)
