@@ -38,9 +38,10 @@ class PackedReplicas:
         threads: int = 0,
         force_vmap: bool = False,  # tests and P2 compare both forwards
     ) -> None:
-        self.members = [Replica(i, config, device, threads) for i in indices]
+        # One copy of the data for all members (p copies would cost p × a CIFAR-10).
+        first = Replica(indices[0], config, device, threads)
+        self.members = [first] + [Replica(i, config, device, data=first.data) for i in indices[1:]]
         self.config = config
-        first = self.members[0]
         self.num_params = first.num_params
         self.block = torch.empty((len(indices), first.flat.flat.numel()), device=first.device)
         for row, member in enumerate(self.members):
@@ -91,9 +92,9 @@ class PackedReplicas:
 
     def _loss_and_grad(self) -> tuple[Tensor, Tensor]:
         """Per-row minibatch losses [p] and the [p, n_params] gradient block."""
-        batches = [m.stream.next() for m in self.members]
-        x = torch.stack([b[0] for b in batches])
-        y = torch.stack([b[1] for b in batches])
+        # Every member's own minibatch, gathered at once from the shared data: [p, B, ...].
+        rows = torch.stack([m.stream.next_index() for m in self.members])
+        x, y = self.members[0].data.train.x[rows], self.members[0].data.train.y[rows]
         # Each parameter is its own leaf (a view of the block): differentiating through
         # slices of one [p, n] leaf would fill a zero [p, n] tensor per parameter.
         params = {

@@ -79,7 +79,14 @@ def _metrics(
 
 
 class Replica:
-    def __init__(self, index: int, config: Config, device: str = "cpu", threads: int = 0) -> None:
+    def __init__(
+        self,
+        index: int,
+        config: Config,
+        device: str = "cpu",
+        threads: int = 0,
+        data: Dataset | None = None,  # the run's data on `device`, shared (packed members)
+    ) -> None:
         if threads > 0:
             torch.set_num_threads(threads)
         self.index = index
@@ -91,14 +98,7 @@ class Replica:
             # ones (warn_only: an op without a deterministic kernel warns, not fails).
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.seed = replica_seed(config.run.seed, index)
-        data = held_out(load_dataset(config.data.dataset, config.data.root), config.data.validation)
-        self.data = Dataset(
-            name=data.name,
-            train=Split(data.train.x.to(self.device), data.train.y.to(self.device)),
-            test=Split(data.test.x.to(self.device), data.test.y.to(self.device)),
-            input_shape=data.input_shape,
-            num_classes=data.num_classes,
-        )
+        self.data = data if data is not None else self._load_data()
         self.model = self._new_model(seed=self.seed)
         self.flat = FlatModule(self.model)
         self.stream = BatchStream(
@@ -108,6 +108,17 @@ class Replica:
         self.momentum = torch.zeros_like(self.flat.params) if algo.momentum else None
         self.noise = torch.Generator(device=self.device).manual_seed(self.seed)
         self.lr_scale = 1.0  # halved each time this replica is restarted after diverging
+
+    def _load_data(self) -> Dataset:
+        config = self.config
+        data = held_out(load_dataset(config.data.dataset, config.data.root), config.data.validation)
+        return Dataset(
+            name=data.name,
+            train=Split(data.train.x.to(self.device), data.train.y.to(self.device)),
+            test=Split(data.test.x.to(self.device), data.test.y.to(self.device)),
+            input_shape=data.input_shape,
+            num_classes=data.num_classes,
+        )
 
     def _new_model(self, seed: int) -> torch.nn.Module:
         with torch.random.fork_rng(devices=[]):

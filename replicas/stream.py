@@ -32,13 +32,18 @@ class BatchStream:
         return torch.randperm(len(self.x), generator=generator).to(self.x.device)
 
     def next(self) -> tuple[Tensor, Tensor]:
+        index = self.next_index()
+        return self.x[index], self.y[index]
+
+    def next_index(self) -> Tensor:
+        """The rows of the next minibatch (advances the stream as next() does)."""
         if self.offset + self.batch_size > len(self.x):
             self.epoch += 1
             self.offset = 0
             self._order = self._permutation(self.epoch)
         index = self._order[self.offset : self.offset + self.batch_size]
         self.offset += self.batch_size
-        return self.x[index], self.y[index]
+        return index
 
     def state_dict(self) -> dict[str, Any]:
         return {"seed": self.seed, "epoch": self.epoch, "offset": self.offset}

@@ -81,6 +81,7 @@ def test_packed_rows_are_the_members_weights(make_config) -> None:  # type: igno
             member.stream.offset,
         )
     assert not np.array_equal(block[0], block[1])
+    assert pack.members[1].data is pack.members[0].data  # one copy of the data set per unit
 
 
 class WithUnusedLayer(nn.Module):
