@@ -1,14 +1,14 @@
 """One forward pass of p replicas of a plain nn.Sequential, written with batched kernels.
 
 torch.func's vmap runs any model over stacked weights, but on CPU its batching rules
-cost more than they save for the small layers of our MNIST-1D models (measured with
-one thread: a vmapped cnn1d forward+backward for 8 replicas took 24 ms against 14 ms
-for the 8 models stepped one after another; docs/performance.md, P2). A Sequential of
-the common layers can instead be written directly as batched matrix products over the
-replica axis: Linear is one baddbmm, Conv1d is an unfold (a strided view, no copy)
-and one baddbmm, BatchNorm normalizes p·C channels at once. `compile_packed` returns
-that forward for a model made only of such layers, and None for anything else, which
-then runs under vmap. Both give each replica exactly its own function of its own row.
+cost more than they save for the small layers of our MNIST-1D models: 8 cnn1d replicas
+packed with vmap step slower than the 8 stepped one after another (P2 with
+--force-vmap, docs/performance.md). A Sequential of the common layers can instead be
+written directly as batched matrix products over the replica axis: Linear is one
+baddbmm, Conv1d is an im2col and one baddbmm, BatchNorm normalizes p·C channels at
+once. `compile_packed` returns that forward for a model made only of such layers, and
+None for anything else, which then runs under vmap. Both give each replica exactly its
+own function of its own row.
 
 Activations are kept as [p, B, *features]: row a is replica a's minibatch.
 """
@@ -167,7 +167,7 @@ def _conv1d(prefix: str, conv: nn.Conv1d) -> Layer | None:
 class _Windows(torch.autograd.Function):
     """im2col for 1-D convolution: [p, B, C, L] → [p, B·L', C·k], row (b, l) holding
     the window of output position l. Written out because the backward of
-    Tensor.unfold took 1.35 ms per call here (a third of a packed cnn1d step); k strided
+    Tensor.unfold took 1.35 ms per call here (a fifth of a packed cnn1d step); k strided
     adds into one zero tensor do the same.
     """
 
