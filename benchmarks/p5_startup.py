@@ -7,7 +7,11 @@ the first run on any machine.
 
 Target: ≤ 12 s.
 
-    python benchmarks/p5_startup.py [--runs 5] [--config jobs/configs/smoke.toml]
+    python benchmarks/p5_startup.py [--runs 5] [--config jobs/configs/smoke.toml] [--phases]
+
+--phases also times the same steps one by one in a fresh process (importing the job,
+ray.init as jobs.train does it, the coordinator and replica actors, the first round),
+and ray.init without the dashboard for comparison.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 
 from _timing import header
 
@@ -44,7 +49,16 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", default="jobs/configs/smoke.toml")
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--phases", action="store_true", help="also time each start-up step")
+    parser.add_argument("--child", help=argparse.SUPPRESS)  # the fresh process of --phases
+    parser.add_argument("--child-no-dashboard", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child_no_dashboard:
+        time_init_without_dashboard()
+        return
+    if args.child:
+        time_phases(args.config, args.child)
+        return
     header("P5 start-up: `python -m jobs.train` to the first finished round", vars(args))
     storage = tempfile.mkdtemp(prefix="wv-p5-")
     from jobs.data import load_dataset
@@ -53,6 +67,47 @@ def main() -> None:
     times = [first_round_seconds(args.config, storage) for _ in range(args.runs)]
     print("  runs: " + ", ".join(f"{t:.2f} s" for t in times))
     print(f"P5 = {statistics.median(times):.2f} s median (target <= 12 s)")
+    if args.phases:
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        for extra in (["--child", storage], ["--child-no-dashboard"]):
+            command = [sys.executable, __file__, "--config", args.config, *extra]
+            subprocess.run(command, check=True, env=env)
+
+
+def time_init_without_dashboard() -> None:
+    import ray
+
+    start = time.perf_counter()
+    ray.init(include_dashboard=False, num_cpus=os.cpu_count())
+    print(f"  for comparison, ray.init without the dashboard: {time.perf_counter() - start:.2f} s")
+
+
+def time_phases(config_path: str, storage: str) -> None:
+    """The steps of `python -m jobs.train` up to the first round, timed one by one."""
+    start = time.perf_counter()
+    import ray
+
+    from cluster.actors import RayReplicaGroup
+    from cluster.session import connect
+    from coordinator.coordinator import Coordinator
+    from jobs.config import load_config
+
+    marks = [("import the job's modules", time.perf_counter())]
+    connect()
+    marks.append(("ray.init as jobs.train does it (dashboard on)", time.perf_counter()))
+    sets = [f"run.storage={storage}/phases", f"data.root={storage}/data"]
+    coordinator: Any = ray.remote(num_cpus=0)(Coordinator).remote(
+        load_config(config_path, sets), RayReplicaGroup
+    )
+    ray.get(coordinator.status.remote())
+    marks.append(("coordinator and replica actors ready (torch, data)", time.perf_counter()))
+    ray.get(coordinator.step.remote())
+    marks.append(("first round", time.perf_counter()))
+    previous = start
+    for label, mark in marks:
+        print(f"  {label}: {mark - previous:.2f} s")
+        previous = mark
+    print(f"  total: {previous - start:.2f} s")
 
 
 if __name__ == "__main__":
