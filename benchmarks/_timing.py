@@ -7,7 +7,6 @@ alternation in one run (../shared/benchmarks.md), never two runs far apart.
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import sys
 import time
@@ -33,18 +32,17 @@ def median_ratio(pairs: list[tuple[float, float]]) -> float:
 
 
 def header(figure: str, settings: dict[str, object]) -> None:
-    import ray
-    import torch
+    """What was run, where, and how busy the box was: every benchmark's first lines."""
+    from common import environment, exact_command
 
-    print(f"{figure}")
-    print(f"  command: {' '.join([os.path.basename(sys.executable), *sys.argv])}")
-    print(
-        f"  python {platform.python_version()}, torch {torch.__version__}, ray {ray.__version__}, "
-        f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
-        f"cuda: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}"
-    )
+    print(figure)
+    print(f"  command: {exact_command()}")
+    print(f"  {environment()}")
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"  load average at start (1, 5, 15 min): {load}")  # a busy box slows either side
     for key, value in settings.items():
         print(f"  {key}: {value}")
+    sys.stdout.flush()
 
 
 def report_pairs(label_a: str, label_b: str, pairs: list[tuple[float, float]], unit: str) -> None:

@@ -158,14 +158,5 @@ def environment() -> str:
     )
 
 
-def header(figure: str, settings: dict[str, object]) -> None:
-    print(figure)
-    print(f"  command: {exact_command()}")
-    print(f"  {environment()}")
-    for key, value in settings.items():
-        print(f"  {key}: {value}")
-    sys.stdout.flush()
-
-
 def median(values: Sequence[float]) -> float:
     return statistics.median(values)

@@ -38,7 +38,8 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.nn.functional as F
-from common import format_ratio, format_seconds, header, median_of_ratios, ratio, time_to_target
+from _timing import header
+from common import format_ratio, format_seconds, median_of_ratios, ratio, time_to_target
 from torch.nn.parallel import DistributedDataParallel
 
 from cluster.actors import RayReplicaGroup

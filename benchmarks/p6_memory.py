@@ -32,7 +32,8 @@ from typing import Any
 import ray
 import torch
 import torch.nn.functional as F
-from common import header, mib, model_counts, proc_status, state_bytes, write_cifar_standin
+from _timing import header
+from common import mib, model_counts, proc_status, state_bytes, write_cifar_standin
 
 from cluster.actors import RayReplicaGroup
 from coordinator.coordinator import Coordinator

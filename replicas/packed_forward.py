@@ -157,8 +157,8 @@ def _conv1d(prefix: str, conv: nn.Conv1d) -> Layer | None:
             out = torch.baddbmm(w[prefix + "bias"].unsqueeze(1), rows, columns)
         else:
             out = torch.bmm(rows, columns)
-        # Contiguous: elementwise kernels (ReLU and its backward) are ~5x slower on the
-        # transposed view than on a fresh copy.
+        # Contiguous: elementwise kernels (ReLU and its backward) run much slower on the
+        # transposed view than on a fresh copy (benchmarks/p2_packed.py --profile).
         return out.view(p, batch, length, -1).transpose(2, 3).contiguous()  # [p, B, C_out, L']
 
     return forward
@@ -167,8 +167,8 @@ def _conv1d(prefix: str, conv: nn.Conv1d) -> Layer | None:
 class _Windows(torch.autograd.Function):
     """im2col for 1-D convolution: [p, B, C, L] → [p, B·L', C·k], row (b, l) holding
     the window of output position l. Written out because the backward of
-    Tensor.unfold took 1.35 ms per call here (a fifth of a packed cnn1d step); k strided
-    adds into one zero tensor do the same.
+    Tensor.unfold was the largest cost after the matrix products in a profile of the
+    packed cnn1d step; k strided adds into one zero tensor do the same.
     """
 
     @staticmethod
