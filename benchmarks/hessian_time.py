@@ -26,8 +26,8 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-from jobs.data import DatasetError, load_dataset
-from jobs.models import ARCHS, build_model, count_parameters
+from foundation.data import DatasetError, load_dataset
+from foundation.models import ARCHS, build_model, count_parameters
 from landscape import hessian_top_eigenvalues
 
 DATASET = {"mlp": "mnist1d", "cnn1d": "mnist1d", "smallconvnet": "cifar10", "resnet18": "cifar10"}

@@ -20,7 +20,7 @@ from _timing import alternate, header, median_ratio, report_pairs, seconds
 
 from cluster.actors import RayReplicaGroup
 from coordinator.coordinator import Coordinator
-from jobs.config import load_config
+from foundation.config import load_config
 
 
 def coordinator(kind: str, args: argparse.Namespace, storage: str) -> Coordinator:

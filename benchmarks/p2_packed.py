@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 from _timing import alternate, header, median_ratio, report_pairs, seconds
 
-from jobs.config import load_config
+from foundation.config import load_config
 from replicas.packed import PackedReplicas
 from replicas.replica import Replica
 

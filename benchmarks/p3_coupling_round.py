@@ -21,10 +21,9 @@ import ray
 import torch
 from _timing import alternate, header, median_ratio, report_pairs, seconds
 
-from coordinator import coupling
-from coordinator.transport import readonly_tensor
-from jobs.models import build_model
-from replicas.flat import FlatModule
+from flatmath import coupling
+from flatmath.flat import FlatModule, readonly_tensor
+from foundation.models import build_model
 
 
 class FlatHolder:

@@ -4,7 +4,7 @@ Per pair (A B A B …, the same seed in both halves):
 
 A. Ray Train: a TorchTrainer with y CPU workers (gloo), the same model, per-worker batch
    size, lr, momentum and number of steps per worker as B. Every worker draws its own
-   shuffled minibatches of the training set (jobs.data + replicas.stream.BatchStream,
+   shuffled minibatches of the training set (foundation.data + replicas.stream.BatchStream,
    seeded like replica `rank` of B); DDP averages the gradients; all start from the
    initialization of B's replica 0. At the end rank 0 evaluates test accuracy. Timed:
    trainer.fit() start to end (driver), and from inside the workers the time from the
@@ -44,9 +44,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from cluster.actors import RayReplicaGroup
 from coordinator.coordinator import Coordinator
-from jobs.config import CONFIG_DIR, load_config
-from jobs.data import load_dataset
-from jobs.models import build_model, count_parameters
+from foundation.config import load_config
+from foundation.data import load_dataset
+from foundation.models import build_model, count_parameters
+from jobs import CONFIG_DIR
 from replicas.replica import replica_seed
 from replicas.stream import BatchStream
 

@@ -61,7 +61,7 @@ def main() -> None:
         return
     header("P5 start-up: `python -m jobs.train` to the first finished round", vars(args))
     storage = tempfile.mkdtemp(prefix="wv-p5-")
-    from jobs.data import load_dataset
+    from foundation.data import load_dataset
 
     load_dataset("mnist1d", f"{storage}/data")  # the cache every later run finds
     times = [first_round_seconds(args.config, storage) for _ in range(args.runs)]
@@ -90,7 +90,7 @@ def time_phases(config_path: str, storage: str) -> None:
     from cluster.actors import RayReplicaGroup
     from cluster.session import connect
     from coordinator.coordinator import Coordinator
-    from jobs.config import load_config
+    from foundation.config import load_config
 
     marks = [("import the job's modules", time.perf_counter())]
     connect()

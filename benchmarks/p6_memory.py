@@ -37,10 +37,10 @@ from common import mib, model_counts, proc_status, state_bytes, write_cifar_stan
 
 from cluster.actors import RayReplicaGroup
 from coordinator.coordinator import Coordinator
-from jobs.config import load_config
-from jobs.data import load_dataset
-from jobs.models import build_model
-from replicas.replica import EVAL_CHUNK, EVAL_TRAIN_SAMPLES
+from foundation.config import load_config
+from foundation.data import load_dataset
+from foundation.evaluation import EVAL_CHUNK, EVAL_TRAIN_SAMPLES
+from foundation.models import build_model
 
 DATASET_OF = {
     "mlp": "mnist1d",
@@ -257,7 +257,7 @@ def main() -> None:
         n = write_cifar_standin(work / "data" / "cifar-10-batches-py", args.per_batch)
         print(f"  data: CIFAR-10 stand-in, {n} train / {args.per_batch} test random images")
         print(
-            f"  evaluation forwards up to {EVAL_CHUNK} images at once (replicas.replica."
+            f"  evaluation forwards up to {EVAL_CHUNK} images at once (foundation.evaluation."
             f"EVAL_CHUNK): train accuracy on min({EVAL_TRAIN_SAMPLES}, {n}) images here"
         )
     for dataset in sorted({DATASET_OF[a] for a in archs}):

@@ -17,7 +17,7 @@ from ray.util.placement_group import PlacementGroup, placement_group, remove_pla
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from coordinator.groups import ReplicaLost, RoundOutcome, as_list, layout, unpack
-from jobs.config import Config
+from foundation.config import Config
 from replicas.packed import PackedReplicas
 from replicas.replica import Replica
 

@@ -23,12 +23,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from coordinator import checkpoint, coupling
+from coordinator import checkpoint
 from coordinator.groups import ReplicaGroup, ReplicaLost, RoundOutcome
 from coordinator.rundir import RunDir
-from coordinator.scoping import Scope
-from coordinator.transport import readonly_tensor
-from jobs.config import Config, to_dict, to_toml
+from flatmath import coupling
+from flatmath.flat import readonly_tensor
+from flatmath.scoping import Scope
+from foundation.config import Config, to_dict, to_toml
 from replicas.replica import RoundStats, replica_seed
 
 GroupFactory = Callable[[Config], ReplicaGroup]
@@ -411,7 +412,7 @@ class Coordinator:
         return self.center
 
     def _plot(self) -> None:
-        from jobs.plots import training_curves  # matplotlib only where plots are drawn
+        from foundation.plots import training_curves  # matplotlib only where plots are drawn
 
         self.run.write_bytes("plots/training.png", training_curves(self.rows, self.evaluations))
 

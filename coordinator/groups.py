@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from jobs.config import Config
+from foundation.config import Config
 from replicas.packed import PackedReplicas
 from replicas.replica import Replica, RoundStats
 

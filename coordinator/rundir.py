@@ -1,6 +1,6 @@
 """The run directory <storage>/<name>/: config, metrics, events, summary, plots, checkpoints.
 
-It lives on any pyarrow filesystem (coordinator/storage.py). Every file is replaced
+It lives on any pyarrow filesystem (foundation/storage.py). Every file is replaced
 whole, atomically where the filesystem allows, so a crash at any moment leaves the
 previous complete file or the new one, never half of one. events.jsonl is rewritten
 whole rather than appended because object stores cannot append (events are few).
@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from coordinator.storage import Storage
+from foundation.storage import Storage
 
 
 class RunDir:

@@ -36,7 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from jobs.config import CONFIG_DIR, Config, ConfigError, load_config, to_toml
+from foundation.config import Config, ConfigError, load_config, to_toml
+from jobs import CONFIG_DIR
 
 METHODS: tuple[str, ...] = ("sgd", "sgd_long", "ensemble", "rsgd", "esgd", "parle", "easgd")
 """Table rows, in order; sgd, sgd_long and ensemble are the budget-matched baselines."""
@@ -243,8 +244,8 @@ def final_jobs(
 def _model_from(config: Config, vector: Any, data: Any, center: bool) -> Any:
     import torch
 
-    from jobs.models import build_model
-    from replicas.flat import unflatten_state_
+    from flatmath.flat import unflatten_state_
+    from foundation.models import build_model
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # every weight is overwritten below
@@ -264,7 +265,7 @@ def measure_models(config: Config, run_dir: Any, flat: FlatnessSpec, method: str
     import torch
 
     from coordinator import checkpoint
-    from jobs.data import load_dataset
+    from foundation.data import load_dataset
     from landscape import hessian_top_eigenvalues, local_energy
     from replicas.replica import EVAL_TRAIN_SAMPLES, held_out
 
@@ -923,7 +924,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wv: error: {err}", file=sys.stderr)
         return 2
     from cluster.session import connect
-    from jobs.data import load_dataset
+    from foundation.data import load_dataset
 
     load_dataset(p.dataset, _absolute(root))  # build the cache once, before the tasks read it
     where = connect()

@@ -51,10 +51,11 @@ from torch import Tensor, nn
 
 from coordinator import checkpoint
 from coordinator.rundir import RunDir
-from coordinator.storage import Storage
-from jobs.config import Config, ConfigError, load_config
-from jobs.data import Dataset, DatasetError, load_dataset
-from jobs.models import build_model, count_parameters
+from flatmath.flat import unflatten_state_
+from foundation.config import Config, ConfigError, load_config
+from foundation.data import Dataset, DatasetError, load_dataset
+from foundation.models import build_model, count_parameters
+from foundation.storage import Storage
 from landscape import (
     INVARIANCE,
     INVARIANCE_NOTES,
@@ -71,7 +72,6 @@ from landscape import (
     local_energy,
     rescale_,
 )
-from replicas.flat import unflatten_state_
 
 MEASURES: tuple[str, ...] = tuple(INVARIANCE)
 SPLITS: tuple[str, ...] = ("train", "test")

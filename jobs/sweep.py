@@ -38,9 +38,7 @@ from coordinator import checkpoint as run_checkpoint
 from coordinator.coordinator import Coordinator, GroupFactory, ResumeMismatch
 from coordinator.groups import LocalGroup
 from coordinator.rundir import RunDir
-from coordinator.storage import Storage
-from jobs.config import (
-    CONFIG_DIR,
+from foundation.config import (
     Config,
     ConfigError,
     knob,
@@ -50,7 +48,9 @@ from jobs.config import (
     to_dict,
     to_toml,
 )
-from jobs.data import DatasetError, load_dataset
+from foundation.data import DatasetError, load_dataset
+from foundation.storage import Storage
+from jobs import CONFIG_DIR
 from jobs.train import one_line
 
 METRICS = {"center_test_accuracy": "max", "mean_loss": "min", "mean_distance": "min"}
@@ -504,7 +504,7 @@ def run_trial(params: dict[str, Any], plan: Plan) -> None:
     """The Tune trainable: one Wide Valley run, one Tune result per evaluation round."""
     from ray import tune
 
-    from jobs import tracking
+    from foundation import tracking
 
     os.environ.update(plan.env)
     trial_id = tune.get_context().get_trial_id() or "trial"
@@ -638,7 +638,7 @@ def make_tuner(sweep: Sweep, bundles: list[dict[str, float]], at_once: int, fres
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    from jobs import tracking
+    from foundation import tracking
 
     s = sweep.sweep
     plan = Plan(
@@ -788,7 +788,7 @@ def gamma0_of(sweep: Sweep, row: dict[str, Any]) -> float:
 
 def sweep_plot(sweep: Sweep, rows: list[dict[str, Any]]) -> bytes:
     """The metric against γ0 (left) and η (right), one colour per scoping schedule."""
-    from jobs.plots import plt  # matplotlib with the Agg backend
+    from foundation.plots import plt  # matplotlib with the Agg backend
 
     metric = sweep.sweep.metric
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))

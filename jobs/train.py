@@ -22,9 +22,10 @@ from cluster.session import connect
 from coordinator import checkpoint
 from coordinator.coordinator import Coordinator, ResumeMismatch, check_same_run
 from coordinator.rundir import RunDir
-from coordinator.storage import Storage
-from jobs.config import CONFIG_DIR, Config, ConfigError, load_config, to_dict
-from jobs.data import DatasetError, load_dataset
+from foundation.config import Config, ConfigError, load_config, to_dict
+from foundation.data import DatasetError, load_dataset
+from foundation.storage import Storage
+from jobs import CONFIG_DIR
 
 DEFAULT_CONFIG = CONFIG_DIR / "default.toml"
 
@@ -98,7 +99,7 @@ def summary_table(s: dict[str, Any], run_dir: str) -> str:
 
 
 def run(config: Config, fresh: bool = False) -> dict[str, Any]:
-    from jobs import tracking  # wandb is imported only when logging.wandb is on
+    from foundation import tracking  # wandb is imported only when logging.wandb is on
 
     where = connect()
     replica_resources(config, ray.cluster_resources())  # fail before any actor starts

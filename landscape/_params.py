@@ -1,7 +1,8 @@
 """Helpers shared by the flatness measures: flat parameter vectors, eval mode, chunking.
 
 The flat vector of a model is its parameters in `model.parameters()` order, the same
-order (and so the same prefix) as the parameter part of replicas.flat.flatten_state.
+order (and so the same prefix) as the parameter part of flatmath.flat.flatten_state
+(flatmath.flat.read_flat and write_flat_ read and write it).
 BatchNorm running statistics are buffers and never part of it: the measures here are
 about the loss as a function of the trainable weights.
 """
@@ -23,20 +24,6 @@ def parameters_of(model: nn.Module) -> list[Tensor]:
     if not params:
         raise ValueError("the model has no parameters")
     return params
-
-
-def read_vector(params: list[Tensor]) -> Tensor:
-    """A detached copy of the parameters as one flat vector."""
-    return torch.cat([p.detach().reshape(-1) for p in params])
-
-
-def write_vector_(params: list[Tensor], vector: Tensor) -> None:
-    """Copy a flat vector into the parameters' own storage (no rebinding, bit-exact)."""
-    offset = 0
-    with torch.no_grad():
-        for p in params:
-            p.copy_(vector[offset : offset + p.numel()].view_as(p))
-            offset += p.numel()
 
 
 def split_like(vector: Tensor, params: list[Tensor]) -> list[Tensor]:

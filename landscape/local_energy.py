@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from landscape._params import LossFn, chunks, eval_mode, parameters_of, read_vector, write_vector_
+from flatmath.flat import read_flat, write_flat_
+from landscape._params import LossFn, chunks, eval_mode, parameters_of
 
 Noise = Literal["multiplicative", "additive"]
 NOISES: tuple[Noise, ...] = ("multiplicative", "additive")
@@ -79,7 +80,7 @@ def local_energy(
     """
     sig = _check_args(sigmas, noise, num_samples, y)
     params = parameters_of(model)
-    w0 = read_vector(params)
+    w0 = read_flat(params)
     deltas = torch.empty(2, len(sig), num_samples, dtype=torch.float64)
     generator = torch.Generator(device=w0.device).manual_seed(seed)
     # Two work vectors for the whole run: no model copies, no allocation per draw.
@@ -91,11 +92,11 @@ def local_energy(
                 torch.randn(z.shape, generator=generator, out=z)
                 for s, sigma in enumerate(sig.tolist()):
                     _perturb(w0, z, sigma, noise, out=w)
-                    write_vector_(params, w)
+                    write_flat_(params, w)
                     loss, err = _loss_and_error(model, x, y, loss_fn, chunk_size)
                     deltas[0, s, m], deltas[1, s, m] = loss - base[0], err - base[1]
         finally:
-            write_vector_(params, w0)
+            write_flat_(params, w0)
     mean = deltas.mean(dim=-1)
     se = deltas.std(dim=-1, correction=1) / math.sqrt(num_samples)
     return LocalEnergy(sig, noise, num_samples, base[0], base[1], mean[0], se[0], mean[1], se[1])

@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from coordinator import coupling
-from jobs.config import Config
-from replicas.local_steps import entropy_sgd_inner, momentum_step_
+from flatmath import coupling
+from flatmath.local_steps import entropy_sgd_inner, momentum_step_
+from foundation.config import Config
 from replicas.packed_forward import compile_packed
 from replicas.replica import Replica, RoundStats
 

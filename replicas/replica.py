@@ -19,34 +19,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from coordinator import coupling
-from coordinator.transport import readonly_tensor
-from jobs.config import Config
-from jobs.data import Dataset, Split, load_dataset, validation_split
-from jobs.models import build_model
-from replicas.flat import FlatModule, unflatten_state_
-from replicas.local_steps import entropy_sgd_inner, momentum_step_
+from flatmath import coupling
+from flatmath.flat import FlatModule, readonly_tensor
+from flatmath.local_steps import entropy_sgd_inner, momentum_step_
+from foundation.config import Config
+from foundation.data import Dataset, Split, held_out, load_dataset
+from foundation.evaluation import EVAL_TRAIN_SAMPLES, load_vector_, metrics
+from foundation.models import build_model
 from replicas.stream import BatchStream
-
-EVAL_CHUNK = 64  # evaluation forwards: 1000 ResNet-18 images at once cost ~1.3 GiB, 64 ~0.1 (P6)
-EVAL_TRAIN_SAMPLES = 10_000  # train accuracy on a fixed prefix: enough to read a gap
 
 
 def replica_seed(seed: int, index: int) -> int:
     """Independent, reproducible seeds per (run seed, replica index)."""
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
-
-
-VALIDATION_SEED = 0  # one split for every run, so runs selected on it are comparable
-
-
-def held_out(data: Dataset, fraction: float) -> Dataset:
-    """With fraction > 0, train on the rest of the training set and report on the held-out
-    part where the test set would be: hyperparameters get chosen without seeing test."""
-    if fraction <= 0:
-        return data
-    rest, val = validation_split(data.train, fraction, VALIDATION_SEED)
-    return Dataset(data.name, rest, val, data.input_shape, data.num_classes)
 
 
 @dataclass(frozen=True)
@@ -58,24 +43,6 @@ class RoundStats:
     finite: bool
     position: tuple[int, int] = (0, 0)
     """The data stream's (epoch, offset) after the round: where a replacement resumes."""
-
-
-def _metrics(
-    model: torch.nn.Module, split: Split, limit: int | None = None
-) -> tuple[float, float, Tensor]:
-    """(mean loss, accuracy, class probabilities) of a model in eval mode on a split."""
-    model.eval()
-    x, y = (split.x[:limit], split.y[:limit]) if limit else (split.x, split.y)
-    losses, correct, probs = 0.0, 0, []
-    with torch.no_grad():
-        for start in range(0, len(x), EVAL_CHUNK):
-            logits = model(x[start : start + EVAL_CHUNK])
-            target = y[start : start + EVAL_CHUNK]
-            losses += float(F.cross_entropy(logits, target, reduction="sum"))
-            correct += int((logits.argmax(1) == target).sum())
-            probs.append(logits.softmax(1))
-    model.train()
-    return losses / len(x), correct / len(x), torch.cat(probs)
 
 
 class Replica:
@@ -276,15 +243,16 @@ class Replica:
         result = self._report(self.model)
         if center is not None:
             scratch = self._new_model(seed=0)
-            unflatten_state_(scratch, readonly_tensor(center).to(self.device))
-            self._recompute_batchnorm(scratch)
+            batch, batches = self.config.data.batch_size, self.config.train.bn_batches
+            load_vector_(scratch, readonly_tensor(center), self.data, center=True,
+                         batch_size=batch, bn_batches=batches)  # fmt: skip
             result["center"] = self._report(scratch)
             result["test_labels"] = self.data.test.y.cpu().numpy()
         return result
 
     def _report(self, model: torch.nn.Module) -> dict[str, Any]:
-        test_loss, test_acc, probs = _metrics(model, self.data.test)
-        train_loss, train_acc, _ = _metrics(model, self.data.train, EVAL_TRAIN_SAMPLES)
+        test_loss, test_acc, probs = metrics(model, self.data.test)
+        train_loss, train_acc, _ = metrics(model, self.data.train, EVAL_TRAIN_SAMPLES)
         return {
             "test_loss": test_loss,
             "test_accuracy": test_acc,
@@ -292,13 +260,3 @@ class Replica:
             "train_accuracy": train_acc,
             "test_probs": probs.cpu().numpy(),
         }
-
-    def _recompute_batchnorm(self, model: torch.nn.Module) -> None:
-        """Averaged running statistics do not belong to the averaged weights: recompute
-        them on training data (a fixed set of batches, so every call agrees)."""
-        if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-            return
-        batch = self.config.data.batch_size
-        count = min(self.config.train.bn_batches * batch, len(self.data.train.x))
-        batches = [self.data.train.x[i : i + batch] for i in range(0, count, batch)]
-        torch.optim.swa_utils.update_bn(batches, model)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from jobs.config import Config, load_config
+from foundation.config import Config, load_config
 
 ConfigFactory = Callable[..., Config]
 

@@ -49,7 +49,7 @@ def uninterrupted_sha(tmp_path: Path, env: dict[str, str]) -> str:
     """The same run without interruption, in-process (the transport changes no bit)."""
     from coordinator.coordinator import Coordinator
     from coordinator.groups import LocalGroup
-    from jobs.config import load_config
+    from foundation.config import load_config
 
     sets = [LONG[i + 1] for i in range(2, len(LONG), 2)]
     sets += [f"run.storage={tmp_path / 'whole'}", f"data.root={tmp_path / 'data'}"]

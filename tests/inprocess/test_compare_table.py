@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 
-from jobs import compare
-from jobs.config import CONFIG_DIR
+from jobs import CONFIG_DIR, compare
 
 
 def row(model: str, method: str, seed: int, test: float, **extra: float) -> dict[str, Any]:

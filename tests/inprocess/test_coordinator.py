@@ -12,7 +12,7 @@ import torch
 
 from coordinator.coordinator import Coordinator, DivergenceError
 from coordinator.groups import LocalGroup, RoundOutcome
-from jobs.config import Config, load_config
+from foundation.config import Config, load_config
 from replicas.replica import Replica, RoundStats
 
 

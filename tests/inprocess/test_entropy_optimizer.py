@@ -5,9 +5,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from jobs.data import load_dataset
-from jobs.models import build_model
-from replicas.local_steps import EntropySGD
+from flatmath.local_steps import EntropySGD
+from foundation.data import load_dataset
+from foundation.models import build_model
 
 
 def test_entropy_sgd_trains_the_mnist1d_mlp_far_above_chance(data_root) -> None:  # type: ignore[no-untyped-def]

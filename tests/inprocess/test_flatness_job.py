@@ -20,12 +20,12 @@ from torch import nn
 
 from coordinator.coordinator import Coordinator
 from coordinator.groups import LocalGroup
-from coordinator.storage import Storage
+from flatmath.flat import unflatten_state_
+from foundation.config import load_config
+from foundation.models import build_model
+from foundation.storage import Storage
 from jobs import flatness
-from jobs.config import load_config
-from jobs.models import build_model
 from landscape import INVARIANCE
-from replicas.flat import unflatten_state_
 
 SIGMAS = ["0", "0.25", "0.5"]
 ADDITIVE = ["0", "0.01", "0.02"]

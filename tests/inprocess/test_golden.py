@@ -24,7 +24,7 @@ import torch
 
 from coordinator.coordinator import Coordinator
 from coordinator.groups import LocalGroup
-from jobs.config import load_config
+from foundation.config import load_config
 
 GOLDEN = Path(__file__).parent.parent / "golden" / "trajectories.json"
 REGENERATE = os.environ.get("WV_REGENERATE_GOLDEN") == "1"

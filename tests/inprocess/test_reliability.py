@@ -11,7 +11,7 @@ import torch
 from coordinator import checkpoint
 from coordinator.coordinator import Coordinator, ResumeMismatch, RunFailed
 from coordinator.groups import LocalGroup, ReplicaLost, RoundOutcome
-from jobs.config import Config
+from foundation.config import Config
 from replicas.replica import RoundStats
 
 

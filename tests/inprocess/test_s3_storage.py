@@ -11,7 +11,7 @@ from moto.server import ThreadedMotoServer
 
 from coordinator.coordinator import Coordinator
 from coordinator.groups import LocalGroup
-from coordinator.storage import Storage
+from foundation.storage import Storage
 
 
 @pytest.fixture(scope="module")

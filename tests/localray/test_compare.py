@@ -15,8 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from jobs import compare
-from jobs.config import CONFIG_DIR
+from jobs import CONFIG_DIR, compare
 
 pytestmark = pytest.mark.ray
 

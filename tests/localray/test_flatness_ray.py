@@ -11,8 +11,8 @@ import pytest
 
 from coordinator.coordinator import Coordinator
 from coordinator.groups import LocalGroup
+from foundation.config import Config
 from jobs import flatness
-from jobs.config import Config
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_session")]
 

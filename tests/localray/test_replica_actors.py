@@ -7,8 +7,8 @@ import pytest
 from cluster.actors import RayReplicaGroup, ResourceError, replica_resources
 from coordinator.coordinator import Coordinator
 from coordinator.groups import LocalGroup
-from jobs import train
-from jobs.config import CONFIG_DIR, load_config
+from foundation.config import load_config
+from jobs import CONFIG_DIR, train
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_session")]
 

@@ -19,8 +19,8 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
+from foundation.config import load_config
 from jobs import sweep as sweep_job
-from jobs.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_session")]

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from jobs.data import load_dataset
+from foundation.data import load_dataset
 
 
 def _load_common() -> ModuleType:

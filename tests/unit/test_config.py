@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from jobs.config import CONFIG_DIR, Config, ConfigError, load_config, parse_value, to_toml
+from foundation.config import Config, ConfigError, load_config, parse_value, to_toml
+from jobs import CONFIG_DIR
 
 
 def test_defaults_validate_and_round_trip_through_toml(tmp_path: Path) -> None:

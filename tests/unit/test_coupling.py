@@ -2,7 +2,7 @@
 
 import torch
 
-from coordinator import coupling
+from flatmath import coupling
 
 T = torch.tensor
 

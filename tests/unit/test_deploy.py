@@ -30,7 +30,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
-from jobs.config import ConfigError, load_config
+from foundation.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 PYPROJECT = ROOT / "pyproject.toml"
@@ -595,7 +595,15 @@ PACKAGES = setuptools_packages(PYPROJECT.read_text())
 
 
 def test_dockerfile_follows_the_rules() -> None:
-    assert PACKAGES == ["cluster", "coordinator", "jobs", "landscape", "replicas"]
+    assert PACKAGES == [
+        "cluster",
+        "coordinator",
+        "flatmath",
+        "foundation",
+        "jobs",
+        "landscape",
+        "replicas",
+    ]
     assert dockerfile_problems(DOCKERFILE.read_text(), PACKAGES) == []
 
 
@@ -718,7 +726,7 @@ def test_dockerignore_keeps_the_context_small_and_the_code_in() -> None:
     copied = copy_sources(dockerfile_instructions(DOCKERFILE.read_text()))
     assert dockerignore_problems(DOCKERIGNORE.read_text(), copied) == []
     assert ignored("jobs/__pycache__/x.pyc", [".venv", "**/__pycache__"])
-    assert not ignored("jobs/data.py", ["data"])  # a root pattern matches at the root only
+    assert not ignored("foundation/data.py", ["data"])  # a root pattern matches at the root only
     broken = DOCKERIGNORE.read_text().replace("\nwandb\n", "\n") + "\njobs\n"
     assert dockerignore_problems(broken, copied) == [
         "wandb is not ignored",

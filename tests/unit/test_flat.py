@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from replicas.flat import FlatModule, flatten_state, unflatten_state_
+from flatmath.flat import FlatModule, flatten_state, unflatten_state_
 
 
 def bn_model(seed: int) -> nn.Module:

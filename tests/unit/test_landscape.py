@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from jobs.data import load_dataset
-from jobs.models import build_model
+from foundation.data import load_dataset
+from foundation.models import build_model
 from landscape import (
     INVARIANCE,
     NOISES,

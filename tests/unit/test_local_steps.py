@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from replicas.local_steps import EntropySGD, entropy_sgd_inner, momentum_step_
+from flatmath.local_steps import EntropySGD, entropy_sgd_inner, momentum_step_
 
 T = torch.tensor
 

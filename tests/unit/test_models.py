@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from jobs.models import ARCHS, build_model, count_parameters
+from foundation.models import ARCHS, build_model, count_parameters
 
 # Each arch on its typical input, plus the 1-channel 28x28 images the image models must take.
 CASES: list[tuple[str, tuple[int, ...]]] = [

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from jobs.models import build_model
+from foundation.models import build_model
 from replicas.packed_forward import compile_packed
 
 P, BATCH = 3, 6

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from coordinator.scoping import Scope, auto_gamma0, auto_gamma1, gamma_at
+from flatmath.scoping import Scope, auto_gamma0, auto_gamma1, gamma_at
 
 
 def test_constant() -> None:

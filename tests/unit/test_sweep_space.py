@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from cluster.actors import ResourceError
-from jobs.config import CONFIG_DIR, load_config
+from foundation.config import load_config
+from jobs import CONFIG_DIR
 from jobs.sweep import (
     Distribution,
     SweepError,

@@ -141,6 +141,18 @@ def validation_split(train: Split, fraction: float, seed: int) -> tuple[Split, S
     return _take(train, rest_idx), _take(train, val_idx)
 
 
+VALIDATION_SEED = 0  # one split for every run, so runs selected on it are comparable
+
+
+def held_out(data: Dataset, fraction: float) -> Dataset:
+    """With fraction > 0, train on the rest of the training set and report on the held-out
+    part where the test set would be: hyperparameters get chosen without seeing test."""
+    if fraction <= 0:
+        return data
+    rest, val = validation_split(data.train, fraction, VALIDATION_SEED)
+    return Dataset(data.name, rest, val, data.input_shape, data.num_classes)
+
+
 def _take(split: Split, idx: torch.Tensor) -> Split:
     return Split(split.x[idx], split.y[idx])
 

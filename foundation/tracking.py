@@ -17,8 +17,8 @@ import sys
 from typing import Any
 from urllib.parse import urlparse
 
-from coordinator.storage import Storage
-from jobs.config import Config, to_dict
+from foundation.config import Config, to_dict
+from foundation.storage import Storage
 
 DEFAULT_BASE_URL = "https://api.wandb.ai"
 INIT_TIMEOUT_S = 60.0

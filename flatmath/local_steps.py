@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from coordinator.scoping import Scope
+from flatmath.flat import write_flat_
+from flatmath.scoping import Scope
 
 GradFn = Callable[[Tensor], tuple[Tensor, float]]
 """w' ↦ (∇L(w'; Ξ) as a flat tensor, the minibatch loss). Draws its own minibatch."""
@@ -161,10 +162,7 @@ class EntropySGD(torch.optim.Optimizer):
         )
 
     def _load(self, flat: Tensor) -> None:
-        offset = 0
-        for p in self._params():
-            p.copy_(flat[offset : offset + p.numel()].view_as(p))
-            offset += p.numel()
+        write_flat_(self._params(), flat)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor:  # type: ignore[override]

@@ -13,8 +13,11 @@ counters, not weights, and a float view of an int64 would not be bit-exact.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -122,19 +125,40 @@ class FlatModule:
         return [s.name for s in self.slots]
 
 
+def read_flat(tensors: Sequence[Tensor]) -> Tensor:
+    """A detached copy of the tensors, concatenated into one flat vector."""
+    return torch.cat([t.detach().reshape(-1) for t in tensors])
+
+
+def write_flat_(tensors: Sequence[Tensor], vector: Tensor) -> None:
+    """Copy a flat vector into the tensors' own storage, in order (no rebinding: the
+    module keeps its tensors, and the copy is bit-exact)."""
+    expected = sum(t.numel() for t in tensors)
+    if vector.numel() != expected:
+        raise ValueError(f"vector has {vector.numel()} values, the model needs {expected}")
+    offset = 0
+    with torch.no_grad():
+        for tensor in tensors:
+            tensor.copy_(vector[offset : offset + tensor.numel()].view_as(tensor))
+            offset += tensor.numel()
+
+
 def flatten_state(module: nn.Module) -> Tensor:
     """A copy of a module's float parameters and buffers as one vector (FlatModule's layout)."""
-    return torch.cat([t.detach().reshape(-1) for *_, t, _ in _float_tensors(module)])
+    return read_flat([t for *_, t, _ in _float_tensors(module)])
 
 
 def unflatten_state_(module: nn.Module, vector: Tensor) -> None:
     """Write a flatten_state vector back into the module's own tensors, in place."""
-    tensors = _float_tensors(module)
-    expected = sum(t.numel() for *_, t, _ in tensors)
-    if vector.numel() != expected:
-        raise ValueError(f"vector has {vector.numel()} values, the module needs {expected}")
-    offset = 0
-    with torch.no_grad():
-        for *_, tensor, _ in tensors:
-            tensor.copy_(vector[offset : offset + tensor.numel()].view_as(tensor))
-            offset += tensor.numel()
+    write_flat_([t for *_, t, _ in _float_tensors(module)], vector)
+
+
+def readonly_tensor(array: np.ndarray) -> Tensor:
+    """A tensor over a (possibly read-only, object-store backed) array, without a copy.
+
+    torch warns about non-writable arrays because writing through the tensor would be
+    undefined; callers here only read it (the center is pulled toward, never changed).
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(np.asarray(array))

@@ -15,11 +15,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from coordinator.scoping import SCHEDULES
+from flatmath.scoping import SCHEDULES
 
 ALGORITHMS: tuple[str, ...] = ("sgd", "rsgd", "esgd", "parle", "easgd")
 ENTROPY_ALGORITHMS: tuple[str, ...] = ("esgd", "parle")
-CONFIG_DIR = Path(__file__).parent / "configs"
 
 
 class ConfigError(ValueError):
@@ -65,7 +64,7 @@ class DataConfig:
 @dataclass(kw_only=True)
 class ModelConfig:
     arch: str = knob("mlp", choices=("mlp", "cnn1d", "smallconvnet", "resnet18"))
-    """Network architecture (jobs/models.py)."""
+    """Network architecture (foundation/models.py)."""
 
 
 @dataclass(kw_only=True)
