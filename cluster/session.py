@@ -1,4 +1,12 @@
-"""Attach to a Ray cluster or start a local one."""
+"""Attach to a Ray cluster or start a private local one.
+
+Which Ray a run uses, in order:
+1. RAY_ADDRESS (set by `ray job submit`): that cluster; RAY_ADDRESS=local: a private one.
+2. A cluster that `ray start --head` left running on this machine: attach to it, as a
+   plain `ray.init()` would, and say so (its dashboard then shows the run). A user who
+   started a head on purpose expects their runs on it; RAY_ADDRESS=local opts out.
+3. Otherwise a private local Ray with this machine's CPUs, its dashboard on 127.0.0.1.
+"""
 
 from __future__ import annotations
 
@@ -8,22 +16,42 @@ import os
 import ray
 
 
-def connect(num_cpus: int | None = None) -> str:
-    """Attach to the cluster in RAY_ADDRESS (set by `ray job submit`) or start a local one.
+def running_local_cluster() -> str | None:
+    """The address of a live cluster that `ray start` left on this machine, if any."""
+    from ray._private import services  # Ray's own lookup; the version is pinned
 
-    Returns a short description for the progress output. A local cluster's dashboard
-    binds to 127.0.0.1: nothing is exposed beyond this machine unless asked.
-    """
+    address = services.find_bootstrap_address(None)
+    if address is None or not services.find_gcs_addresses():
+        return None  # no record, or a stale one whose GCS is gone
+    return str(address)
+
+
+def connect(num_cpus: int | None = None) -> str:
+    """Attach to or start Ray (see the module's docstring); returns a short description
+    for the first progress line."""
     if ray.is_initialized():
         return "an already initialized Ray session"
-    address = os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address)
+    address = os.environ.get("RAY_ADDRESS", "")
+    if address and address != "local":
+        ray.init(address=address, logging_level=logging.ERROR)
         return f"the Ray cluster at {address}"
+    running = None if address == "local" else running_local_cluster()
+    if running is not None:
+        # No explicit address: only then does Ray use the token that `ray start` wrote
+        # (~/.ray/auth_token) without RAY_AUTH_MODE=token, as a plain ray.init() does.
+        ray.init(logging_level=logging.ERROR)
+        cpus = int(ray.cluster_resources().get("CPU", 0))
+        return (
+            f"the Ray cluster that `ray start` left running at {running} ({cpus} CPUs; "
+            "RAY_ADDRESS=local runs on a private one instead)"
+        )
     # Ray's own start-up chatter goes to stderr; keep it for errors so that our one-line
     # messages stay the only line a user sees, and say where the dashboard is ourselves.
     context = ray.init(
-        num_cpus=num_cpus or os.cpu_count(), dashboard_host="127.0.0.1", logging_level=logging.ERROR
+        address="local",
+        num_cpus=num_cpus or os.cpu_count(),
+        dashboard_host="127.0.0.1",
+        logging_level=logging.ERROR,
     )
     cpus = int(ray.cluster_resources().get("CPU", 0))
     dashboard = f", dashboard http://{context.dashboard_url}" if context.dashboard_url else ""

@@ -30,7 +30,8 @@ class CorruptCheckpoint(ValueError):
     pass
 
 
-def _name(round_: int) -> str:
+def folder_name(round_: int) -> str:
+    """checkpoints/round-NNNNNN: the folder of the checkpoint taken after `round_` rounds."""
     return f"round-{round_:06d}"
 
 
@@ -41,7 +42,7 @@ def save(run: RunDir, round_: int, state: dict[str, Any], keep: int = 3) -> str:
     payload = buffer.getvalue()
     manifest = {"format": FORMAT, "round": round_, "sha256": hashlib.sha256(payload).hexdigest()}
     store = run.storage.child(FOLDER)
-    final = _name(round_)
+    final = folder_name(round_)
     staging = f".tmp-{final}-{uuid.uuid4().hex[:8]}" if store.is_local else final
     store.mkdir(staging)
     store.write_bytes(f"{staging}/state.pt", payload)
@@ -50,7 +51,7 @@ def save(run: RunDir, round_: int, state: dict[str, Any], keep: int = 3) -> str:
         store.delete_dir(final)
         store.move(staging, final)
     for old in rounds(run)[:-keep] if keep > 0 else []:
-        store.delete_dir(_name(old))
+        store.delete_dir(folder_name(old))
     return f"{store}/{final}"
 
 
@@ -61,7 +62,7 @@ def rounds(run: RunDir) -> list[int]:
 
 
 def load(run: RunDir, round_: int) -> dict[str, Any]:
-    store = run.storage.child(FOLDER, _name(round_))
+    store = run.storage.child(FOLDER, folder_name(round_))
     try:
         manifest = json.loads(store.read_bytes("manifest.json"))
         payload = store.read_bytes("state.pt")

@@ -1,30 +1,29 @@
 """The Coordinator: the round loop of one run (a plain class; a Ray actor at run time).
 
 Each round: send the center (or nothing) with γ and ρ to every replica, gather one flat
-buffer per replica, refuse non-finite results, form the new center (the mean, or
-EASGD's explicit w̃), advance the scoping schedules, record one metrics row per
-replica, and every E rounds evaluate the center, the replicas and their ensemble.
-The replicas sit behind a ReplicaGroup (coordinator/groups.py): in-process objects or
-Ray actors (cluster/actors.py), so tests step this class without a cluster. A replica
-that is lost or diverges never reaches the center: it restarts from the new center.
-Every C rounds (and at the end) a checkpoint; a new Coordinator on the same run
-directory resumes from the newest good one.
+buffer per replica, keep failed replicas out of the center (failures.py decides what
+happens to them), form the new center (the mean, or EASGD's explicit w̃), advance the
+scoping schedules, record one metrics row per replica, and every E rounds evaluate the
+center, the replicas and their ensemble. The replicas sit behind a ReplicaGroup
+(groups.py): in-process objects or Ray actors (cluster/actors.py), so tests step this
+class without a cluster. Every C rounds (and at the end) a checkpoint; a new Coordinator
+on the same run directory resumes from the newest good one (resume.py). The summary and
+plots are report.py's.
 """
 
 from __future__ import annotations
 
-import hashlib
-import math
 import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import torch
 from torch import Tensor
 
-from coordinator import checkpoint
+from coordinator import checkpoint, report
+from coordinator.failures import FailurePolicy
 from coordinator.groups import ReplicaGroup, ReplicaLost, RoundOutcome
+from coordinator.resume import check_same_run, make_scopes, rescoped
 from coordinator.rundir import RunDir
 from flatmath import coupling
 from flatmath.flat import readonly_tensor
@@ -33,68 +32,6 @@ from foundation.config import Config, to_dict, to_toml
 from replicas.replica import RoundStats, replica_seed
 
 GroupFactory = Callable[[Config], ReplicaGroup]
-
-
-class DivergenceError(RuntimeError):
-    """A replica's loss or weights became NaN or infinite (train.on_divergence = "stop")."""
-
-
-class RunFailed(RuntimeError):
-    """The run cannot go on: every replica failed in one round, or one keeps failing."""
-
-
-class ResumeMismatch(ValueError):
-    """The run directory holds a checkpoint of a differently configured run."""
-
-
-MAX_CONSECUTIVE_FAILURES = 3
-# A resumed run may change how long it trains and how it reports, not what it trains.
-RESUMABLE_CHANGES = ("train", "logging", "run.name", "run.storage")
-
-
-def make_scopes(config: Config) -> tuple[Scope, Scope]:
-    """γ (the scope) and ρ (Parle's center pull) on the same schedule kind and horizon."""
-    s, horizon = config.scoping, config.train.rounds
-    gamma1 = None if s.gamma1 == "auto" else float(s.gamma1)
-    gamma = Scope(
-        kind=s.kind,
-        gamma0=None if s.gamma0 == "auto" else float(s.gamma0),
-        gamma1=gamma1,
-        gamma_max=s.gamma_max,
-        horizon=horizon,
-    )
-    rho = Scope(kind=s.kind, gamma0=s.rho0, gamma1=gamma1, gamma_max=s.rho_max, horizon=horizon)
-    if config.algorithm.kind == "sgd":  # γ = 0: y independent replicas
-        gamma = Scope(kind="constant", gamma0=0.0)
-    return gamma, rho
-
-
-def center_sha256(center: Tensor, num_params: int) -> str:
-    """sha256 of the center's flat float32 parameter bytes: one name for one model."""
-    return hashlib.sha256(
-        center[:num_params].to(torch.float32).contiguous().numpy().tobytes()
-    ).hexdigest()
-
-
-def check_same_run(
-    saved: dict[str, Any], now: dict[str, Any], where: str, allowed: tuple[str, ...] = ()
-) -> None:
-    """Refuse to resume a run directory with a config that trains something else.
-
-    `allowed` names more keys (or sections) that may differ, e.g. the η and γ0 that
-    Population Based Training perturbs when a trial takes over another's checkpoint.
-    """
-    for section, values in saved.items():
-        for key, value in values.items():
-            name = f"{section}.{key}"
-            if {section, name} & {*RESUMABLE_CHANGES, *allowed}:
-                continue
-            current = now.get(section, {}).get(key)
-            if current != value:
-                raise ResumeMismatch(
-                    f"{where} holds a run with {name} = {value!r}, not {current!r}: "
-                    "use --fresh to start over, or another run.name"
-                )
 
 
 class Coordinator:
@@ -113,21 +50,17 @@ class Coordinator:
             self.run.clear()
         self.gamma, self.rho = make_scopes(config)
         self.group = group_factory(config)
-        y = self.group.size
         self.round = 0
         self.center: Tensor | None = None
         self.sent_center: np.ndarray | None = None  # what the replicas pull toward next round
         self.rows: list[dict[str, Any]] = []
         self.evaluations: list[dict[str, Any]] = []
-        self.last_finite_loss = [math.nan] * y
-        self.lr_scale = [1.0] * y
-        self.positions = [(0, 0)] * y  # each replica's data position after its last good round
-        self.failures = [0] * y  # consecutive rounds each replica has failed
+        self.policy = FailurePolicy(self.group.size, config.train.on_divergence)
         self.started = time.time()
         self.resumed_from = self._resume()
         if self.resumed_from is None:
             self.run.write_text("config.toml", to_toml(config))
-            self.run.event("start", replicas=y, algorithm=config.algorithm.kind)
+            self.run.event("start", replicas=self.group.size, algorithm=config.algorithm.kind)
 
     @property
     def done(self) -> bool:
@@ -150,9 +83,9 @@ class Coordinator:
         gathered = time.perf_counter()
         failed = self._failures(r, outcomes)
         good = [a for a in range(self.group.size) if a not in failed]
-        stats = {a: self._stats(outcomes[a]) for a in good}
+        stats = {a: _good(outcomes[a])[1] for a in good}
         # Read-only views of what the object store returned: summed row by row, no stacking.
-        weights = [readonly_tensor(self._weights(outcomes[a])) for a in good]
+        weights = [readonly_tensor(_good(outcomes[a])[0]) for a in good]
         distances = dict(zip(good, self._update_center(weights).tolist(), strict=True))
         for a, reason in failed.items():
             self._restart(r, a, reason)
@@ -181,49 +114,19 @@ class Coordinator:
             progress["checkpoint"] = True
         return progress
 
-    @staticmethod
-    def _stats(outcome: RoundOutcome) -> RoundStats:
-        assert not isinstance(outcome, ReplicaLost)
-        return outcome[1]
-
-    @staticmethod
-    def _weights(outcome: RoundOutcome) -> np.ndarray:
-        assert not isinstance(outcome, ReplicaLost)
-        return outcome[0]
-
     def _failures(self, r: int, outcomes: list[RoundOutcome]) -> dict[int, str]:
-        """Replicas whose round must not reach the center: lost or diverged (→ reason)."""
-        failed: dict[int, str] = {}
-        for a, outcome in enumerate(outcomes):
-            if isinstance(outcome, ReplicaLost):
-                failed[a] = f"lost: {outcome.reason}"
-            elif not outcome[1].finite:
-                self._diverged(r, a, outcome[1])
-                failed[a] = f"diverged (loss {outcome[1].train_loss})"
-            else:
-                self.last_finite_loss[a] = outcome[1].train_loss
-                self.positions[a] = outcome[1].position
-                self.failures[a] = 0
-        if len(failed) == len(outcomes):
-            self._stop(RunFailed(f"every replica failed in round {r}: {failed}"))
-        for a in failed:
-            self.failures[a] += 1
-            if self.failures[a] >= MAX_CONSECUTIVE_FAILURES:
-                self._stop(
-                    RunFailed(f"replica {a} failed {self.failures[a]} rounds in a row: {failed[a]}")
-                )
+        """The replicas lost or diverged this round (→ reason); stops the run if the
+        failure policy says so."""
+        failed, diverged = self.policy.classify(outcomes)
+        for d in diverged:
+            self.run.event(
+                "divergence", round=r, replica=d.replica, loss=str(d.loss),
+                last_finite_loss=d.last_finite_loss,
+            )  # fmt: skip
+        error = self.policy.decide(r, failed, diverged)
+        if error is not None:
+            self._stop(error)
         return failed
-
-    def _diverged(self, r: int, a: int, stats: RoundStats) -> None:
-        last = self.last_finite_loss[a]
-        self.run.event(
-            "divergence", round=r, replica=a, loss=str(stats.train_loss), last_finite_loss=last
-        )
-        if self.config.train.on_divergence == "stop":
-            self._stop(DivergenceError(
-                f"replica {a} diverged in round {r} (loss {stats.train_loss}); "
-                f"its last finite loss was {last:.6g}"
-            ))  # fmt: skip
 
     def _stop(self, error: Exception) -> None:
         """Keep what was measured, then fail the run with one clear line."""
@@ -234,16 +137,12 @@ class Coordinator:
     def _restart(self, r: int, a: int, reason: str) -> None:
         """Replica a starts again from the new center, its data stream where it was."""
         assert self.center is not None
-        if reason.startswith("diverged"):
-            self.lr_scale[a] /= 2
-        epoch, offset = self.positions[a]
-        stream = {"seed": replica_seed(self.config.run.seed, a), "epoch": epoch, "offset": offset}
-        state = {"flat": self.center.clone(), "momentum": None, "noise": None, "stream": stream,
-                 "lr_scale": self.lr_scale[a]}  # fmt: skip
-        self.group.replace(a, state)
+        seed = replica_seed(self.config.run.seed, a)
+        self.group.replace(a, self.policy.restart_state(a, reason, self.center, seed))
         self.run.event(
-            "replica_restarted", round=r, replica=a, reason=reason, lr_scale=self.lr_scale[a]
-        )
+            "replica_restarted", round=r, replica=a, reason=reason,
+            lr_scale=self.policy.lr_scale[a],
+        )  # fmt: skip
 
     def _update_center(self, weights: list[Tensor]) -> Tensor:
         """New center from the gathered weights; returns ‖w^a − center‖ per replica."""
@@ -270,7 +169,7 @@ class Coordinator:
             self.rows.append({
                 "round": r, "replica": a, "train_loss": s.train_loss if s else None,
                 "distance_to_center": distances.get(a), "gamma": gamma, "rho": rho,
-                "lr": self.config.algorithm.lr * self.lr_scale[a],
+                "lr": self.config.algorithm.lr * self.policy.lr_scale[a],
                 "step_seconds": s.step_seconds if s else None,
                 "coupling_seconds": s.coupling_seconds if s else None,
                 "round_seconds": round_s, "center_seconds": center_s,
@@ -309,7 +208,7 @@ class Coordinator:
     def checkpoint(self) -> str:
         """Save all that resuming at self.round needs (metrics first: they must cover it)."""
         self._save_metrics()
-        sent = None if self.sent_center is None else torch.from_numpy(self.sent_center.copy())
+        sent = None if self.sent_center is None else readonly_tensor(self.sent_center).clone()
         state = {
             "round": self.round,
             "config": to_dict(self.config),
@@ -317,9 +216,7 @@ class Coordinator:
             "sent_center": sent,
             "gamma": self.gamma.state_dict(),
             "rho": self.rho.state_dict(),
-            "last_finite_loss": self.last_finite_loss,
-            "lr_scale": self.lr_scale,
-            "positions": [list(p) for p in self.positions],
+            **self.policy.state_dict(),
             "evaluations": self.evaluations,
             "replicas": self.group.states(),
         }
@@ -339,7 +236,8 @@ class Coordinator:
         if found is None:
             return None
         round_, state = found
-        check_same_run(state["config"], to_dict(self.config), self.run.path, self.allow_changes)
+        now = to_dict(self.config)
+        check_same_run(state["config"], now, self.run.path, self.allow_changes)
         self.round = round_
         self.center = state["center"]
         sent = state["sent_center"]
@@ -347,24 +245,14 @@ class Coordinator:
         self.gamma = Scope.from_state_dict(state["gamma"])
         self.rho = Scope.from_state_dict(state["rho"])
         scoping_may_change = any(k.split(".")[0] == "scoping" for k in self.allow_changes)
-        if scoping_may_change and state["config"]["scoping"] != to_dict(self.config)["scoping"]:
-            self._rescope()
-        self.last_finite_loss = list(state["last_finite_loss"])
-        self.lr_scale = list(state["lr_scale"])
-        self.positions = [(int(e), int(o)) for e, o in state["positions"]]
+        if scoping_may_change and state["config"]["scoping"] != now["scoping"]:
+            self.gamma, self.rho = rescoped(self.config, self.gamma, self.rho)
+        self.policy.load_state_dict(state)
         self.evaluations = list(state["evaluations"])
         self.group.load_states(state["replicas"])
         self.rows = [row for row in self.run.read_table("metrics.parquet") if row["round"] < round_]
         self.run.event("resume", round=round_)
         return round_
-
-    def _rescope(self) -> None:
-        """A changed (allowed) scoping config: the new schedule, at the round reached."""
-        gamma, rho = make_scopes(self.config)
-        gamma.round, rho.round = self.gamma.round, self.rho.round
-        if gamma.gamma0 is None:  # "auto" keeps what the first round measured
-            gamma.gamma0, gamma.gamma1 = self.gamma.gamma0, self.gamma.gamma1
-        self.gamma, self.rho = gamma, rho
 
     def finish(self) -> dict[str, Any]:
         """Final evaluation (if the last round had none), checkpoint, summary.json, plots."""
@@ -373,48 +261,25 @@ class Coordinator:
             last = self.evaluate()
         if self.round not in checkpoint.rounds(self.run):
             self.checkpoint()
-        summary = self._summary(last)
+        if self.center is None:
+            raise RuntimeError("no round has run")
+        final_rows = self.rows[-self.group.size :]
+        summary = report.summary(
+            self.config, self.round, last, final_rows, self.center, self.group.num_params
+        )
+        summary["resumed_from"] = self.resumed_from
+        summary["wall_seconds"] = time.time() - self.started
         self.run.write_json("summary.json", summary)
-        self._plot()
+        self.run.write_bytes(
+            "plots/training.png", report.training_plot(self.rows, self.evaluations)
+        )
         self.run.event("finish", rounds=self.round, center_sha256=summary["center_sha256"])
         return summary
 
-    def _summary(self, last: dict[str, Any]) -> dict[str, Any]:
-        algo = self.config.algorithm
-        entropy = algo.kind in ("esgd", "parle")
-        grads = self.round * algo.coupling_period * (algo.inner_steps if entropy else 1)
-        final_rows = self.rows[-self.group.size :]
-        distances = [
-            r["distance_to_center"] for r in final_rows if r["distance_to_center"] is not None
-        ]
-        return {
-            "run": self.config.run.name,
-            "algorithm": algo.kind,
-            "replicas": self.group.size,
-            "rounds": self.round,
-            "gradient_evaluations_per_replica": grads,
-            "center_test_accuracy": last["center"]["test_accuracy"],
-            "center_test_loss": last["center"]["test_loss"],
-            "center_train_accuracy": last["center"]["train_accuracy"],
-            "replica_test_accuracy": [r["test_accuracy"] for r in last["replicas"]],
-            "replica_train_accuracy": [r["train_accuracy"] for r in last["replicas"]],
-            "ensemble_test_accuracy": last["ensemble_test_accuracy"],
-            "mean_distance_to_center": float(np.mean(distances)) if distances else None,
-            "final_gamma": final_rows[0]["gamma"],
-            "center_sha256": center_sha256(self._final_center(), self.group.num_params),
-            "resumed_from": self.resumed_from,
-            "wall_seconds": time.time() - self.started,
-        }
-
-    def _final_center(self) -> Tensor:
-        if self.center is None:
-            raise RuntimeError("no round has run")
-        return self.center
-
-    def _plot(self) -> None:
-        from foundation.plots import training_curves  # matplotlib only where plots are drawn
-
-        self.run.write_bytes("plots/training.png", training_curves(self.rows, self.evaluations))
-
     def shutdown(self) -> None:
         self.group.shutdown()
+
+
+def _good(outcome: RoundOutcome) -> tuple[np.ndarray, RoundStats]:
+    assert not isinstance(outcome, ReplicaLost)
+    return outcome

@@ -9,33 +9,24 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from flatmath.scoping import SCHEDULES
+from foundation.fields import (
+    ConfigError,
+    check_auto,
+    check_range,
+    coerce,
+    knob,
+    read_toml,
+    toml_value,
+)
 
 ALGORITHMS: tuple[str, ...] = ("sgd", "rsgd", "esgd", "parle", "easgd")
 ENTROPY_ALGORITHMS: tuple[str, ...] = ("esgd", "parle")
-
-
-class ConfigError(ValueError):
-    """A bad configuration, said in one line."""
-
-
-def knob(
-    default: Any,
-    *,
-    lo: float | None = None,
-    hi: float | None = None,
-    choices: tuple[Any, ...] | None = None,
-    open_lo: bool = False,
-) -> Any:
-    """A config field with its allowed range; `open_lo` excludes `lo` itself."""
-    meta = {"lo": lo, "hi": hi, "choices": choices, "open_lo": open_lo}
-    return field(default=default, metadata=meta)
 
 
 @dataclass(kw_only=True)
@@ -191,63 +182,16 @@ def _apply(config: Config, key: str, value: Any, raw: str | None = None) -> None
     if raw is not None and declared[name] == "str":
         quoted = len(raw) > 1 and raw[0] == raw[-1] and raw[0] in "\"'"
         value = raw[1:-1] if quoted else raw
-    setattr(getattr(config, section_name), name, _coerce(key, value, declared[name]))
-
-
-def _coerce(key: str, value: Any, declared: str) -> Any:
-    """Check a value against its field's declared type; an int is fine where a float is."""
-    allowed = {part.strip() for part in declared.split("|")}
-    if "bool" in allowed or isinstance(value, bool):
-        if "bool" in allowed and isinstance(value, bool):
-            return value
-        raise ConfigError(
-            f"{key} must be {'true or false' if 'bool' in allowed else 'a number'}, got {value!r}"
-        )
-    if isinstance(value, int) and "float" in allowed:
-        return float(value)
-    if isinstance(value, float) and "int" in allowed and value.is_integer():
-        return int(value)
-    kinds = {"int": int, "float": float, "str": str}
-    if any(isinstance(value, kinds[name]) for name in allowed if name in kinds):
-        return value
-    wanted = " or ".join(sorted(allowed)).replace("str", "text").replace("float", "a number")
-    raise ConfigError(f"{key} must be {wanted.replace('int', 'a whole number')}, got {value!r}")
-
-
-def _check_range(key: str, value: Any, meta: Any) -> None:
-    choices = meta.get("choices")
-    if choices is not None and value not in choices:
-        raise ConfigError(f"{key} = {value!r} is not one of {', '.join(map(str, choices))}")
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return
-    lo, hi, open_lo = meta.get("lo"), meta.get("hi"), meta.get("open_lo")
-    if (
-        math.isnan(value)
-        or (lo is not None and (value < lo or (open_lo and value == lo)))
-        or (hi is not None and value > hi)
-    ):
-        low = "-inf" if lo is None else f"{lo}"
-        bracket = "(" if open_lo else "["
-        raise ConfigError(
-            f"{key} = {value} is out of range {bracket}{low}, {hi if hi is not None else 'inf'}]"
-        )
-
-
-def _check_auto(key: str, value: float | str) -> None:
-    if isinstance(value, str):
-        if value != "auto":
-            raise ConfigError(f'{key} must be a number >= 0 or "auto", got {value!r}')
-    elif math.isnan(value) or value < 0:
-        raise ConfigError(f'{key} = {value} is out of range [0, inf) (or "auto")')
+    setattr(getattr(config, section_name), name, coerce(key, value, declared[name]))
 
 
 def validate(config: Config) -> Config:
     for section_name in _sections():
         section = getattr(config, section_name)
         for f in fields(section):
-            _check_range(f"{section_name}.{f.name}", getattr(section, f.name), f.metadata)
-    _check_auto("scoping.gamma0", config.scoping.gamma0)
-    _check_auto("scoping.gamma1", config.scoping.gamma1)
+            check_range(f"{section_name}.{f.name}", getattr(section, f.name), f.metadata)
+    check_auto("scoping.gamma0", config.scoping.gamma0)
+    check_auto("scoping.gamma1", config.scoping.gamma1)
     _check_combinations(config)
     return config
 
@@ -277,19 +221,6 @@ def _check_combinations(config: Config) -> None:
         )
 
 
-def read_toml(
-    path: Path, kind: str = "config", error: type[ConfigError] = ConfigError
-) -> dict[str, Any]:
-    """A TOML file as a dict, or `error` in one line naming the `kind` of file."""
-    try:
-        with path.open("rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        raise error(f"{kind} file not found: {path}") from None
-    except tomllib.TOMLDecodeError as err:
-        raise error(f"{kind} file {path} is not valid TOML: {err}") from None
-
-
 def _flatten(table: dict[str, Any]) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for section, values in table.items():
@@ -302,10 +233,24 @@ def _flatten(table: dict[str, Any]) -> dict[str, Any]:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults ← TOML file ← --set overrides, then validate once."""
+    table = read_toml(Path(path)) if path is not None else {}
+    return config_from_table(table, overrides)
+
+
+def config_from_text(text: str, overrides: list[str] | None = None) -> Config:
+    """A Config from TOML text (to_toml's output, a run directory's config.toml)."""
+    try:
+        table = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"config text is not valid TOML: {err}") from None
+    return config_from_table(table, overrides)
+
+
+def config_from_table(table: dict[str, Any], overrides: list[str] | None = None) -> Config:
+    """Defaults ← a parsed TOML table ← --set overrides, then validate once."""
     config = Config()
-    if path is not None:
-        for key, value in _flatten(read_toml(Path(path))).items():
-            _apply(config, key, value)
+    for key, value in _flatten(table).items():
+        _apply(config, key, value)
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep:
@@ -314,18 +259,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return validate(config)
 
 
+def check_batch_size(config: Config, train_examples: int) -> None:
+    """A minibatch cannot be larger than the training set it is drawn from."""
+    if config.data.batch_size > train_examples:
+        raise ConfigError(
+            f"data.batch_size = {config.data.batch_size} exceeds the {train_examples} "
+            f"training examples of {config.data.dataset}"
+        )
+
+
 def to_dict(config: Config) -> dict[str, dict[str, Any]]:
     return dataclasses.asdict(config)
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return repr(value)
 
 
 def to_toml(config: Config) -> str:
@@ -333,6 +277,6 @@ def to_toml(config: Config) -> str:
     lines: list[str] = []
     for section, values in to_dict(config).items():
         lines.append(f"[{section}]")
-        lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
+        lines += [f"{key} = {toml_value(value)}" for key, value in values.items()]
         lines.append("")
     return "\n".join(lines)

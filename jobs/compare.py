@@ -28,7 +28,6 @@ import platform
 import shlex
 import sys
 import time
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -36,7 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from foundation.config import Config, ConfigError, load_config, to_toml
+from foundation.config import Config, ConfigError, config_from_text, load_config, to_toml
+from foundation.fields import read_toml
 from jobs import CONFIG_DIR
 
 METHODS: tuple[str, ...] = ("sgd", "sgd_long", "ensemble", "rsgd", "esgd", "parle", "easgd")
@@ -61,7 +61,7 @@ REPLICA_ROWS: tuple[str, ...] = ("sgd", "sgd_long", "esgd")
 MEASURES_FILE = "compare.json"
 
 
-class CompareError(ValueError):
+class CompareError(ConfigError):
     """Bad comparison input, said in one line."""
 
 
@@ -104,13 +104,7 @@ def _list(value: Any, what: str) -> list[Any]:
 
 
 def load_protocol(path: str | Path) -> Protocol:
-    try:
-        with open(path, "rb") as f:
-            raw = tomllib.load(f)
-    except FileNotFoundError:
-        raise CompareError(f"comparison config not found: {path}") from None
-    except tomllib.TOMLDecodeError as err:
-        raise CompareError(f"comparison config {path} is not valid TOML: {err}") from None
+    raw = read_toml(Path(path), "comparison config", CompareError)
     c, fl = raw.get("compare", {}), raw.get("flatness", {})
     methods = {str(k): str(v) for k, v in raw.get("methods", {}).items()}
     missing = [m for m in SWEPT if m not in methods]
@@ -327,7 +321,7 @@ def run_job(config_toml: str, method: str, phase: str, flat: FlatnessSpec) -> di
     from coordinator.groups import LocalGroup
     from coordinator.rundir import RunDir
 
-    config = load_config_text(config_toml)
+    config = config_from_text(config_toml)
     run = RunDir(config.run.storage, config.run.name)
     done = (
         run.exists("summary.json")
@@ -348,18 +342,6 @@ def run_job(config_toml: str, method: str, phase: str, flat: FlatnessSpec) -> di
             run.write_json(MEASURES_FILE, measured)
     return {"run_dir": run.path, "storage": config.run.storage, "name": config.run.name,
             "reused": done}  # fmt: skip
-
-
-def load_config_text(text: str) -> Config:
-    """A Config from the TOML text of to_toml (how a task receives its config)."""
-    import tempfile
-
-    with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
-        f.write(text)
-    try:
-        return load_config(f.name)
-    finally:
-        os.unlink(f.name)
 
 
 # ------------------------------------------------------------------ rows from run dirs

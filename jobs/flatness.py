@@ -34,12 +34,10 @@ import math
 import os
 import socket
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,7 +50,7 @@ from torch import Tensor, nn
 from coordinator import checkpoint
 from coordinator.rundir import RunDir
 from flatmath.flat import unflatten_state_
-from foundation.config import Config, ConfigError, load_config
+from foundation.config import Config, ConfigError, config_from_text
 from foundation.data import Dataset, DatasetError, load_dataset
 from foundation.models import build_model, count_parameters
 from foundation.storage import Storage
@@ -246,14 +244,10 @@ def open_run(spec: str) -> LoadedRun:
     if not has_config:
         raise FlatnessError(f"{shown} is not a run directory: it has no config.toml")
     run = RunDir(storage, name)
-    # load_config reads a local file; the run may live on s3://, so go through a copy.
-    with tempfile.TemporaryDirectory() as tmp:
-        local = Path(tmp) / "config.toml"
-        local.write_bytes(run.read_bytes("config.toml"))
-        try:
-            config = load_config(local)
-        except ConfigError as err:
-            raise FlatnessError(f"{run.path}/config.toml: {err}") from None
+    try:
+        config = config_from_text(run.read_bytes("config.toml").decode())
+    except ConfigError as err:
+        raise FlatnessError(f"{run.path}/config.toml: {err}") from None
     corrupt: list[str] = []
     found = checkpoint.load_latest(run, on_corrupt=lambda r, why: corrupt.append(f"{r}: {why}"))
     if found is None:

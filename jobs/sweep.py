@@ -33,25 +33,26 @@ from typing import Any
 import ray
 
 from cluster.actors import RayReplicaGroup, ResourceError, unit_bundles
+from cluster.driver import one_line
 from cluster.session import connect
 from coordinator import checkpoint as run_checkpoint
-from coordinator.coordinator import Coordinator, GroupFactory, ResumeMismatch
+from coordinator.coordinator import Coordinator, GroupFactory
 from coordinator.groups import LocalGroup
+from coordinator.resume import ResumeMismatch
 from coordinator.rundir import RunDir
 from foundation.config import (
     Config,
     ConfigError,
-    knob,
+    check_batch_size,
     load_config,
     parse_value,
-    read_toml,
     to_dict,
     to_toml,
 )
 from foundation.data import DatasetError, load_dataset
+from foundation.fields import checked_value, knob, read_toml
 from foundation.storage import Storage
 from jobs import CONFIG_DIR
-from jobs.train import one_line
 
 METRICS = {"center_test_accuracy": "max", "mean_loss": "min", "mean_distance": "min"}
 DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform")
@@ -270,33 +271,12 @@ def _fill(obj: Any, table: dict[str, Any], prefix: str) -> None:
                 raise SweepError(f"{key} must be a table, got {value!r}")
             _fill(current, value, key)
             continue
-        setattr(obj, name, _checked(key, value, str(f.type), f.metadata))
-
-
-def _checked(key: str, value: Any, declared: str, meta: Any) -> Any:
-    allowed = {part.strip() for part in declared.split("|")}
-    if isinstance(value, int) and not isinstance(value, bool) and "float" in allowed:
-        value = float(value)
-    kinds = {"int": int, "float": float, "str": str, "bool": bool}
-    if isinstance(value, bool) != ("bool" in allowed) or not any(
-        isinstance(value, kinds[k]) for k in allowed
-    ):
-        wanted = " or ".join(sorted(allowed)).replace("int", "a whole number")
-        raise SweepError(f"{key} must be {wanted.replace('float', 'a number')}, got {value!r}")
-    if meta.get("choices") and value not in meta["choices"]:
-        raise SweepError(f"{key} = {value!r} is not one of {', '.join(meta['choices'])}")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        lo, hi, open_lo = meta.get("lo"), meta.get("hi"), meta.get("open_lo")
-        if (
-            math.isnan(value)
-            or (lo is not None and (value < lo or (open_lo and value == lo)))
-            or (hi is not None and value > hi)
-        ):
-            bracket = "(" if open_lo else "["
-            raise SweepError(f"{key} = {value} is out of range {bracket}{lo}, {hi or 'inf'}]")
-    if isinstance(value, str) and "float" in allowed and value != "auto":
-        raise SweepError(f'{key} must be a number or "auto", got {value!r}')
-    return value
+        try:
+            setattr(obj, name, checked_value(key, value, f))
+        except SweepError:
+            raise
+        except ConfigError as err:
+            raise SweepError(str(err)) from None
 
 
 def _base_path(name: str, sweep_file: Path) -> Path:
@@ -444,7 +424,7 @@ def trial_config(plan: Plan, params: dict[str, Any], trial_id: str | None) -> Co
 
 def export_checkpoint(run: RunDir, round_: int, trial_id: str, dest: Path) -> None:
     """Copy one run checkpoint (and the metrics it covers) into a Tune checkpoint folder."""
-    folder = f"round-{round_:06d}"  # coordinator/checkpoint.py's folder name
+    folder = run_checkpoint.folder_name(round_)
     source = run.storage.child(run_checkpoint.FOLDER, folder)
     target = dest / run_checkpoint.FOLDER / folder
     target.mkdir(parents=True)
@@ -850,11 +830,7 @@ def check_inputs(sweep: Sweep, fresh: bool) -> None:
         for name in ("tune", "runs", "plots"):
             store.delete_dir(name)
     data = load_dataset(sweep.base.data.dataset, sweep.base.data.root)
-    if sweep.base.data.batch_size > len(data.train.y):
-        raise ConfigError(
-            f"data.batch_size = {sweep.base.data.batch_size} exceeds the {len(data.train.y)} "
-            f"training examples of {sweep.base.data.dataset}"
-        )
+    check_batch_size(sweep.base, len(data.train.y))
 
 
 def run(sweep: Sweep, fresh: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:

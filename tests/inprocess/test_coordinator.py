@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from coordinator.coordinator import Coordinator, DivergenceError
+from coordinator.coordinator import Coordinator
+from coordinator.failures import DivergenceError
 from coordinator.groups import LocalGroup, RoundOutcome
 from foundation.config import Config, load_config
 from replicas.replica import Replica, RoundStats

@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from coordinator import checkpoint
-from coordinator.coordinator import Coordinator, ResumeMismatch, RunFailed
+from coordinator.coordinator import Coordinator
+from coordinator.failures import RunFailed
 from coordinator.groups import LocalGroup, ReplicaLost, RoundOutcome
+from coordinator.resume import ResumeMismatch
 from foundation.config import Config
 from replicas.replica import RoundStats
 

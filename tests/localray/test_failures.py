@@ -14,7 +14,8 @@ import ray
 import ray.cloudpickle
 
 from cluster.actors import RayReplicaGroup
-from coordinator.coordinator import Coordinator, DivergenceError
+from coordinator.coordinator import Coordinator
+from coordinator.failures import DivergenceError
 from replicas.replica import Replica, RoundStats
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_session")]

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from cluster import driver
 from cluster.actors import RayReplicaGroup, ResourceError, replica_resources
 from coordinator.coordinator import Coordinator
 from coordinator.groups import LocalGroup
@@ -19,8 +20,8 @@ def smoke(tmp_path, data_root, name: str):  # type: ignore[no-untyped-def]
 
 
 def test_smoke_twice_gives_the_same_center_as_in_process(tmp_path, data_root, capsys) -> None:  # type: ignore[no-untyped-def]
-    first = train.run(smoke(tmp_path, data_root, "first"))
-    second = train.run(smoke(tmp_path, data_root, "second"))
+    first = driver.run(smoke(tmp_path, data_root, "first"))
+    second = driver.run(smoke(tmp_path, data_root, "second"))
     assert first["center_sha256"] == second["center_sha256"]
     assert "round    20/20" in capsys.readouterr().out
 
@@ -59,7 +60,7 @@ def test_more_gpus_than_the_cluster_has_fails_before_any_actor(tmp_path, data_ro
 def test_packed_actors_on_ray_match_packed_in_process(tmp_path, data_root) -> None:  # type: ignore[no-untyped-def]
     sets = [f"run.storage={tmp_path}", f"data.root={data_root}", "algorithm.replicas=4",
             "resources.replicas_per_actor=2", "train.rounds=6"]  # fmt: skip
-    on_ray = train.run(load_config(CONFIG_DIR / "smoke.toml", [*sets, "run.name=ray"]))
+    on_ray = driver.run(load_config(CONFIG_DIR / "smoke.toml", [*sets, "run.name=ray"]))
     local = Coordinator(
         load_config(CONFIG_DIR / "smoke.toml", [*sets, "run.name=local"]), LocalGroup
     )

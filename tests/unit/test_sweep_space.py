@@ -208,7 +208,7 @@ def test_trial_configs_and_best_toml_are_ordinary_run_configs(tmp_path: Path) ->
 def test_a_sweep_directory_resumes_only_the_same_sweep(tmp_path: Path) -> None:
     import json
 
-    from coordinator.coordinator import ResumeMismatch
+    from coordinator.resume import ResumeMismatch
     from jobs.sweep import check_same_sweep, fingerprint
 
     sweep = load_sweep(CONFIG_DIR / "sweep_smoke.toml", [f"run.storage={tmp_path}"])
