@@ -18,9 +18,8 @@ Algorithms:
 - Trace: Hutchinson, E[vᵀHv] = tr H for Rademacher v; mean and standard error.
 - Density: stochastic Lanczos quadrature (Ghorbani et al. 2019), Gaussian-broadened.
 
-The Lanczos basis lives in the HVP's dtype (float32 for a float32 model: an 11M-weight
-basis of 60 vectors is 2.6 GB, twice that in float64), while the tridiagonal scalars
-(α, β: dot products and norms) are accumulated in float64, which costs no extra memory.
+The Lanczos machinery itself (the basis, reorthogonalization, float64 scalars, random
+probes) is in landscape.lanczos; HVP, the operator type, is defined there and re-exported.
 
 Invariance (algorithms.md §7): none of these is invariant to Dinh et al.'s α-rescaling;
 an eigenvalue can change by up to α². See landscape.rescale.INVARIANCE.
@@ -38,9 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from landscape._params import LossFn, chunks, eval_mode, parameters_of, split_like
-
-HVP = Callable[[Tensor], Tensor]
-"""v -> H v for flat vectors of the problem's dimension."""
+from landscape.lanczos import HVP, Lanczos, dot64, gaussian, rademacher, seeded_generator
 
 
 @dataclass(frozen=True)
@@ -224,8 +221,8 @@ def top_eigenvalues(
     """
     if not 1 <= k <= dim:
         raise ValueError(f"k must be in [1, dim={dim}], got {k}")
-    generator = _generator(seed, device)
-    lanczos = _Lanczos(hvp, _gaussian(dim, generator, dtype, device))
+    generator = seeded_generator(seed, device)
+    lanczos = Lanczos(hvp, gaussian(dim, generator, dtype, device))
     values, residuals = torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)
     converged = False
     for _ in range(min(max_steps, dim)):
@@ -235,7 +232,7 @@ def top_eigenvalues(
             converged = len(values) == k
             break
         if broke_down:  # an invariant subspace: look for the rest in a fresh direction
-            lanczos.restart(_gaussian(dim, generator, dtype, device))
+            lanczos.restart(gaussian(dim, generator, dtype, device))
             continue
         scale = float(values.abs().max())
         if len(values) == k and bool((residuals <= tol * max(scale, 1e-300)).all()):
@@ -267,11 +264,11 @@ def hutchinson_trace(
     """
     if num_samples < 2:  # one draw has no standard error
         raise ValueError(f"num_samples must be >= 2, got {num_samples}")
-    generator = _generator(seed, device)
+    generator = seeded_generator(seed, device)
     samples = torch.empty(num_samples, dtype=torch.float64)
     for m in range(num_samples):
-        v = _rademacher(dim, generator, dtype, device)
-        samples[m] = _dot64(v, hvp(v))
+        v = rademacher(dim, generator, dtype, device)
+        samples[m] = dot64(v, hvp(v))
     stderr = float(samples.std(correction=1)) / math.sqrt(num_samples)
     return TraceEstimate(float(samples.mean()), stderr, num_samples)
 
@@ -297,10 +294,10 @@ def spectral_density(
     """
     if num_probes < 1 or num_steps < 1 or num_points < 2:
         raise ValueError("num_probes, num_steps must be >= 1 and num_points >= 2")
-    generator = _generator(seed, device)
+    generator = seeded_generator(seed, device)
     nodes, weights = [], []
     for _ in range(num_probes):
-        lanczos = _Lanczos(hvp, _rademacher(dim, generator, dtype, device))
+        lanczos = Lanczos(hvp, rademacher(dim, generator, dtype, device))
         # An exact breakdown means the quadrature is already exact: stop there.
         while lanczos.size < min(num_steps, dim) and lanczos.step():
             pass
@@ -323,96 +320,3 @@ def _broaden(
     kernel = torch.exp(-0.5 * ((grid[:, None] - nodes[None, :]) / s) ** 2)
     density = kernel @ weights / (s * math.sqrt(2 * math.pi))
     return SpectralDensity(grid, density, nodes, weights, s)
-
-
-# ------------------------------------------------------------------ Lanczos
-
-
-class _Lanczos:
-    """Lanczos on a symmetric operator, with full reorthogonalization.
-
-    Without reorthogonalization the basis loses orthogonality as soon as a Ritz value
-    converges, and copies of converged eigenvalues ("ghosts") appear: wrong top-k and a
-    density with spurious mass. Two classical Gram-Schmidt passes ("twice is enough")
-    keep the basis orthogonal to working precision.
-    """
-
-    def __init__(self, hvp: HVP, start: Tensor) -> None:
-        self.hvp = hvp
-        self.basis: list[Tensor] = [start / _norm64(start)]
-        self.alphas: list[float] = []
-        self.betas: list[float] = []  # betas[j] = T[j, j+1]; one more once a step succeeds
-        self.scale = 0.0  # running estimate of ‖H‖, for the breakdown test
-
-    @property
-    def size(self) -> int:
-        return len(self.alphas)
-
-    def step(self) -> bool:
-        """One HVP; False on breakdown (the Krylov space is invariant, no next vector)."""
-        q = self.basis[-1]
-        w = self.hvp(q)
-        alpha = _dot64(q, w)
-        self.alphas.append(alpha)
-        w = w - alpha * q
-        if self.betas:
-            w.sub_(self.basis[-2], alpha=self.betas[-1])
-        _orthogonalize_(w, self.basis)
-        beta = _norm64(w)
-        self.scale = max(self.scale, abs(alpha) + beta)
-        # Below this, w is rounding noise: normalizing it would invent a direction.
-        if beta <= 100 * torch.finfo(w.dtype).eps * self.scale or len(self.basis) == w.numel():
-            return False
-        self.betas.append(beta)
-        self.basis.append(w / beta)
-        return True
-
-    def restart(self, vector: Tensor) -> None:
-        """Continue from a fresh direction orthogonal to the basis (coupling β = 0)."""
-        _orthogonalize_(vector, self.basis)
-        self.betas.append(0.0)
-        self.basis.append(vector / _norm64(vector))
-
-    def tridiagonal(self) -> Tensor:
-        m = self.size
-        off = torch.tensor(self.betas[: m - 1], dtype=torch.float64)
-        alphas = torch.tensor(self.alphas, dtype=torch.float64)
-        return torch.diag(alphas) + torch.diag(off, 1) + torch.diag(off, -1)
-
-    def top_ritz(self, k: int) -> tuple[Tensor, Tensor]:
-        """The (up to) k largest Ritz values and their residuals |β_m s_{m,j}|."""
-        theta, vecs = torch.linalg.eigh(self.tridiagonal())
-        beta_next = self.betas[self.size - 1] if len(self.betas) >= self.size else 0.0
-        order = torch.argsort(theta, descending=True)[:k]
-        return theta[order], beta_next * vecs[-1, order].abs()
-
-
-def _orthogonalize_(w: Tensor, basis: list[Tensor]) -> None:
-    for _ in range(2):
-        for q in basis:
-            w.sub_(q, alpha=_dot64(q, w))
-
-
-def _dot64(a: Tensor, b: Tensor) -> float:
-    return float((a * b).sum(dtype=torch.float64))
-
-
-def _norm64(a: Tensor) -> float:
-    return float(torch.linalg.vector_norm(a, dtype=torch.float64))
-
-
-def _generator(seed: int, device: torch.device | str | None) -> torch.Generator:
-    return torch.Generator(device=device if device is not None else "cpu").manual_seed(seed)
-
-
-def _gaussian(
-    dim: int, generator: torch.Generator, dtype: torch.dtype, device: torch.device | str | None
-) -> Tensor:
-    return torch.randn(dim, generator=generator, dtype=dtype, device=device)
-
-
-def _rademacher(
-    dim: int, generator: torch.Generator, dtype: torch.dtype, device: torch.device | str | None
-) -> Tensor:
-    bits = torch.randint(0, 2, (dim,), generator=generator, device=device)
-    return (2 * bits - 1).to(dtype)

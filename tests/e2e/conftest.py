@@ -8,36 +8,12 @@ neither need nor touch ~/.ray/auth_token, which a clean machine does not have.
 import os
 import secrets
 import shutil
-import socket
-import subprocess
-import sys
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 import ray
 
-BIN = Path(sys.executable).parent
-RayCli = Callable[..., subprocess.CompletedProcess[str]]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def run_ray_cli(
-    *args: str, env: dict[str, str], timeout: float = 300
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN / "ray"), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+from tests.support import BIN, RayCli, free_port, run_ray_cli, stop_processes_of
 
 
 @pytest.fixture(scope="session")
@@ -71,5 +47,5 @@ def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[s
     try:
         yield f"http://127.0.0.1:{dashboard}", env
     finally:
-        run_ray_cli("stop", "--force", env=env, timeout=120)
+        stop_processes_of(str(temp))  # not `ray stop`: it would stop every Ray here
         shutil.rmtree(temp, ignore_errors=True)

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-import foundation.data
+import foundation.data.cache
 from foundation.data import DATASETS, DatasetError, Split, load_dataset, validation_split
 
 # ------------------------------------------------------------------ raw-format writers
@@ -214,7 +214,7 @@ def test_cifar10_conversion_round_trips(tmp_path: Path) -> None:
 def test_large_splits_are_sharded_and_read_back_in_order(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(foundation.data, "SHARD_ROWS", 2)
+    monkeypatch.setattr(foundation.data.cache, "SHARD_ROWS", 2)
     write_tiny_idx(tmp_path / "MNIST" / "raw")
     ds = load_dataset("mnist", tmp_path, download=False)
     train_dir = tmp_path / "mnist" / "train"
@@ -373,20 +373,20 @@ def test_crash_while_writing_leaves_no_split_behind(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     write_tiny_idx(tmp_path / "MNIST" / "raw")
-    real_write_shard = foundation.data._write_shard
+    real_write_shard = foundation.data.cache._write_shard
 
     def crash_on_test_split(path: Path, x: Any, y: Any, meta: dict[str, Any]) -> None:
         real_write_shard(path, x, y, meta)
         if meta["split"] == "test":
             raise OSError("disk full")
 
-    monkeypatch.setattr(foundation.data, "_write_shard", crash_on_test_split)
+    monkeypatch.setattr(foundation.data.cache, "_write_shard", crash_on_test_split)
     with pytest.raises(DatasetError, match="disk full") as info:
         load_dataset("mnist", tmp_path, download=False)
     assert str(tmp_path / "mnist") in str(info.value)
     assert sorted(p.name for p in (tmp_path / "mnist").iterdir()) == ["train"]
 
-    monkeypatch.setattr(foundation.data, "_write_shard", real_write_shard)
+    monkeypatch.setattr(foundation.data.cache, "_write_shard", real_write_shard)
     ds = load_dataset("mnist", tmp_path, download=False)
     assert ds.test.y.tolist() == [7, 1]
 
