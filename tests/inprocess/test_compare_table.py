@@ -1,15 +1,22 @@
-"""jobs/compare.py without Ray: aggregation over seeds, the verdict wording, rank
-correlation and the rendered table, all on hand-made numbers."""
+"""jobs/compare/ without Ray: aggregation over seeds, the verdict wording, rank
+correlation and the rendered table, all on hand-made numbers; and bad input as one line."""
 
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from jobs import CONFIG_DIR, compare
+from jobs import CONFIG_DIR
+from jobs.compare.methods import METHODS, SWEPT
+from jobs.compare.plan import hp_label, job_config
+from jobs.compare.protocol import CompareError, load_protocol
+from jobs.compare.stats import aggregate, spearman, spearman_critical, verdict
+from jobs.compare.tables import flatness_lines, fmt, fmt_sci, table_lines, verdict_lines
 
 
 def row(model: str, method: str, seed: int, test: float, **extra: float) -> dict[str, Any]:
@@ -25,7 +32,7 @@ def row(model: str, method: str, seed: int, test: float, **extra: float) -> dict
 def test_mean_and_sample_std_over_seeds() -> None:
     rows = [row("mlp", "rsgd", s, v) for s, v in enumerate([0.70, 0.72, 0.74])]
     rows += [row("mlp", "sgd", s, v) for s, v in enumerate([0.60, 0.64])]
-    agg = compare.aggregate(rows)
+    agg = aggregate(rows)
     mean, std, n = agg[("mlp", "rsgd")]["test_accuracy"]
     assert (round(mean, 6), round(std, 6), n) == (0.72, 0.02, 3)  # ddof = 1: std of .70 .72 .74
     mean, std, n = agg[("mlp", "sgd")]["test_accuracy"]
@@ -35,9 +42,9 @@ def test_mean_and_sample_std_over_seeds() -> None:
 
 def test_missing_values_are_left_out_not_counted_as_zero() -> None:
     rows = [row("mlp", "ensemble", s, 0.7, dE_0=math.nan, lambda_max=math.nan) for s in range(3)]
-    cells = compare.aggregate(rows)[("mlp", "ensemble")]
-    assert cells["lambda_max"][2] == 0 and compare.fmt_sci(cells["lambda_max"]) == "—"
-    assert compare.fmt(cells["test_accuracy"]) == "0.700 ± 0.000"
+    cells = aggregate(rows)[("mlp", "ensemble")]
+    assert cells["lambda_max"][2] == 0 and fmt_sci(cells["lambda_max"]) == "—"
+    assert fmt(cells["test_accuracy"]) == "0.700 ± 0.000"
 
 
 @pytest.mark.parametrize(
@@ -53,7 +60,7 @@ def test_missing_values_are_left_out_not_counted_as_zero() -> None:
 def test_verdict_wording(
     a: tuple[float, float, int], b: tuple[float, float, int], word: str
 ) -> None:
-    assert compare.verdict(a, b) == word
+    assert verdict(a, b) == word
 
 
 def test_verdict_lines_compare_each_contender_with_each_baseline() -> None:
@@ -61,24 +68,24 @@ def test_verdict_lines_compare_each_contender_with_each_baseline() -> None:
     for s in range(5):
         rows += [row("mlp", "sgd", s, 0.63 + 0.002 * s), row("mlp", "sgd_long", s, 0.70 + 0.01 * s)]
         rows += [row("mlp", "ensemble", s, 0.71), row("mlp", "rsgd", s, 0.71 + 0.001 * s)]
-    (line,) = compare.verdict_lines(compare.aggregate(rows), "mlp")
+    (line,) = verdict_lines(aggregate(rows), "mlp")
     assert line.startswith("- **rSGD center**: beat SGD (")
     assert "no clear difference SGD, y× steps" in line  # 0.712 vs 0.72 ± 0.016
     # Δ = +0.002 against an ensemble that never varies: larger than rSGD's std 0.0016.
     assert "beat ensemble of y SGD" in line
     low = [r | {"test_accuracy": 0.5 + 0.001 * r["seed"]} if r["method"] == "rsgd" else r
            for r in rows]  # fmt: skip
-    (line,) = compare.verdict_lines(compare.aggregate(low), "mlp")
+    (line,) = verdict_lines(aggregate(low), "mlp")
     assert "lost SGD (" in line and "lost ensemble of y SGD" in line
 
 
 def test_spearman_on_known_ranks() -> None:
-    assert compare.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
-    assert compare.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     # Ties share their average rank: x ranks (0, 1.5, 1.5, 3) against y ranks (0, 1, 2, 3).
-    assert compare.spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486833, abs=1e-6)
-    assert math.isnan(compare.spearman([1, 2], [2, 1]))
-    assert math.isnan(compare.spearman([1, math.nan, 3], [1, 2, 3]))
+    assert spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486833, abs=1e-6)
+    assert math.isnan(spearman([1, 2], [2, 1]))
+    assert math.isnan(spearman([1, math.nan, 3], [1, 2, 3]))
 
 
 def test_flatter_went_with_better_is_said_only_when_ranks_agree() -> None:
@@ -88,7 +95,7 @@ def test_flatter_went_with_better_is_said_only_when_ranks_agree() -> None:
             # Accuracy rises with k, δE falls with k: flatter = better. λ_max rises with k.
             rows.append(row("mlp", method, s, 0.5 + 0.05 * k, dE_1=1.0 - 0.1 * k,
                             dE_0=0.1, lambda_max=1.0 + k))  # fmt: skip
-    lines = compare.flatness_lines(compare.aggregate(rows), "mlp", (0.1, 0.3))
+    lines = flatness_lines(aggregate(rows), "mlp", (0.1, 0.3))
     assert "Spearman ρ = -1.00 (flatter (smaller) went with better test accuracy)" in lines[0]
     assert "not enough methods" in lines[1]  # δE(0.1) is the same for every method
     assert "Spearman ρ = +1.00 (flatter went with WORSE test accuracy)" in lines[2]
@@ -103,39 +110,60 @@ def test_a_weak_rank_correlation_is_not_called_a_relation() -> None:
         for s in range(2)
         for m, a, e in zip(methods, accs, energy, strict=True)
     ]
-    line = compare.flatness_lines(compare.aggregate(rows), "mlp", (0.1, 0.3))[0]
+    line = flatness_lines(aggregate(rows), "mlp", (0.1, 0.3))[0]
     assert "ρ = -0.83 (no clear relation: |ρ| < 0.886" in line
-    assert compare.spearman_critical(6) == 0.886 and compare.spearman_critical(4) == 1.0
+    assert spearman_critical(6) == 0.886 and spearman_critical(4) == 1.0
 
 
 def test_table_has_one_line_per_method_and_the_aggregated_cells() -> None:
-    rows = [row("cnn1d", m, s, 0.6 + 0.01 * s) for m in compare.METHODS for s in range(2)]
-    lines = compare.table_lines(compare.aggregate(rows), "cnn1d", (0.1, 0.3))
-    assert len(lines) == 2 + len(compare.METHODS)
+    rows = [row("cnn1d", m, s, 0.6 + 0.01 * s) for m in METHODS for s in range(2)]
+    lines = table_lines(aggregate(rows), "cnn1d", (0.1, 0.3))
+    assert len(lines) == 2 + len(METHODS)
     assert lines[0].count("|") == 10 and "δE(σ=0.1)" in lines[0] and "δE(σ=0.3)" in lines[0]
     assert lines[2].startswith("| SGD | 0.605 ± 0.007 | 0.705 ± 0.007 |")
     assert lines[-1].startswith("| EASGD center |") and lines[-1].endswith("| 2 |")
 
 
 def test_hp_label_and_rounds_check() -> None:
-    assert compare.hp_label(["scoping.gamma0=0.01", "scoping.gamma_max=1.0"]) == (
+    assert hp_label(["scoping.gamma0=0.01", "scoping.gamma_max=1.0"]) == (
         "gamma0=0.01,gamma_max=1.0"
     )
-    p = compare.load_protocol(CONFIG_DIR / "compare_mnist1d.toml")
-    with pytest.raises(compare.CompareError, match="not a whole number of esgd rounds"):
-        compare.job_config(p, "mlp", "esgd", 0, "final", (), 500)
-    cfg = compare.job_config(p, "mlp", "sgd_long", 0, "final", ("algorithm.lr=0.05",), 6000)
+    p = load_protocol(CONFIG_DIR / "compare_mnist1d.toml")
+    with pytest.raises(CompareError, match="not a whole number of esgd rounds"):
+        job_config(p, "mlp", "esgd", 0, "final", (), 500)
+    cfg = job_config(p, "mlp", "sgd_long", 0, "final", ("algorithm.lr=0.05",), 6000)
     assert (cfg.algorithm.replicas, cfg.train.rounds, cfg.algorithm.lr) == (1, 2400, 0.05)
-    sweep = compare.job_config(p, "cnn1d", "rsgd", 100, "sweep", ("scoping.gamma0=0.03",), 2000)
+    sweep = job_config(p, "cnn1d", "rsgd", 100, "sweep", ("scoping.gamma0=0.03",), 2000)
     assert sweep.data.validation == 0.2 and sweep.run.name == "sweep-cnn1d-rsgd-gamma0=0.03"
 
 
 def test_protocol_files_load(tmp_path: Path) -> None:
     for name in ("compare_mnist1d.toml", "compare_cifar10.toml"):
-        p = compare.load_protocol(CONFIG_DIR / name)
-        assert p.seeds >= 5 and set(p.methods) == set(compare.SWEPT)
+        p = load_protocol(CONFIG_DIR / name)
+        assert p.seeds >= 5 and set(p.methods) == set(SWEPT)
         assert all(len(v) >= 2 for v in p.sweep.values())
     bad = tmp_path / "bad.toml"
     bad.write_text('[compare]\nmodels = ["mlp"]\n[methods]\nsgd = "sgd.toml"\n')
-    with pytest.raises(compare.CompareError, match="base config for rsgd"):
-        compare.load_protocol(bad)
+    with pytest.raises(CompareError, match="base config for rsgd"):
+        load_protocol(bad)
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_a_dataset_that_cannot_load_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """The dataset is loaded (its cache built) before any Ray task starts: bad data input is
+    a user's error, as in jobs.train, not a traceback. Run through `python -m jobs.compare`
+    so the exit status and stderr are the process's own."""
+    command = [sys.executable, "-m", "jobs.compare", "--models", "mlp", "--seeds", "1",
+               "--steps", "400", "--storage", f"{tmp_path}/runs", "--output", f"{tmp_path}/out",
+               "--set", "data.root=/proc/nonexistent"]  # fmt: skip
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}  # no RAY_ADDRESS: never a cluster
+    done = subprocess.run(
+        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=180, check=False
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("wv: error: Cannot write the dataset cache in /proc/nonexistent/")
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "out").exists()

@@ -9,7 +9,7 @@ import shutil
 import socket
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import matplotlib.image
 import pyarrow.parquet as pq
@@ -20,12 +20,14 @@ from torch import nn
 
 from coordinator.coordinator import Coordinator
 from coordinator.groups import LocalGroup
-from flatmath.flat import unflatten_state_
+from flatmath.flat import flatten_state, unflatten_state_
 from foundation.config import load_config
+from foundation.evaluation import metrics, recompute_batchnorm
 from foundation.models import build_model
 from foundation.storage import Storage
 from jobs import flatness
-from landscape import INVARIANCE
+from landscape import INVARIANCE, INVARIANCE_NOTES
+from replicas.replica import Replica
 
 SIGMAS = ["0", "0.25", "0.5"]
 ADDITIVE = ["0", "0.01", "0.02"]
@@ -131,7 +133,7 @@ def test_summary_json_states_subset_samples_seed_times_and_invariance(
     assert settings["hessian_data"] == "the first 200 of the 4000 mnist1d training samples"
     assert settings["execution"] == "local"
     assert summary["invariance"] == {
-        m: {"invariant": v, "note": flatness.INVARIANCE_NOTES[m]} for m, v in INVARIANCE.items()
+        m: {"invariant": v, "note": INVARIANCE_NOTES[m]} for m, v in INVARIANCE.items()
     }
     assert set(summary["models"]) == MODELS
     table = pq.read_table(run / "flatness.parquet").to_pylist()
@@ -220,18 +222,24 @@ def test_center_batchnorm_statistics_are_recomputed(runs: dict[str, Path]) -> No
 
     averaged = build_model("cnn1d", (40,), 10)
     unflatten_state_(averaged, torch.as_tensor(loaded.state["center"]))
-    assert not torch.allclose(bn(model).running_mean, bn(averaged).running_mean, atol=1e-4)
+    assert not torch.allclose(
+        cast(torch.Tensor, bn(model).running_mean),
+        cast(torch.Tensor, bn(averaged).running_mean),
+        atol=1e-4,
+    )
     # What update_bn must have found: the mean of the first conv's output over the first
     # bn_batches × batch_size training samples (equal batches, so their average is exact).
     with torch.no_grad():
-        features = model[1](model[0](data.train.x[:2000]))
+        features = model.get_submodule("1")(model.get_submodule("0")(data.train.x[:2000]))
     torch.testing.assert_close(bn(model).running_mean, features.mean(dim=(0, 2)))
     # A replica keeps its own statistics, exactly as trained.
     own, own_note = flatness.prepare_model(replica)
     assert own_note == "the replica's own running statistics"
     trained = build_model("cnn1d", (40,), 10)
     unflatten_state_(trained, torch.as_tensor(loaded.state["replicas"][0]["flat"]))
-    assert torch.equal(bn(own).running_mean, bn(trained).running_mean)
+    assert torch.equal(
+        cast(torch.Tensor, bn(own).running_mean), cast(torch.Tensor, bn(trained).running_mean)
+    )
 
 
 def test_the_measured_center_is_the_one_with_recomputed_statistics(
@@ -253,6 +261,30 @@ def test_the_measured_center_is_the_one_with_recomputed_statistics(
         averaged_loss = float(F.cross_entropy(averaged(data.test.x), data.test.y))
     assert result["summary"]["test_loss"] == pytest.approx(loss, rel=1e-5)
     assert abs(averaged_loss - loss) > 1e-3  # so the check above can tell them apart
+
+
+def test_the_center_is_the_runs_center_when_part_of_train_is_held_out(data_root: Path) -> None:
+    """With data.validation > 0 a run trains on the rest of the training set, and its
+    replicas recompute the center's BatchNorm statistics there: so must the report, or
+    its "center" is another model than the run's."""
+    config = load_config(
+        None, [f"data.root={data_root}", "model.arch=cnn1d", "data.validation=0.2"]
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        vector = flatten_state(build_model("cnn1d", (40,), 10)).detach().numpy().copy()
+    center = flatness.ModelSpec("center", "run", "center", "held-out", 0, config, vector)
+    model, note = flatness.prepare_model(center)
+    assert note.startswith("recomputed on the first 2000 training samples")
+    replica = Replica(0, config)
+    theirs = replica.evaluate(vector)["center"]  # the center as the run itself reports it
+    loss, accuracy, _ = metrics(model, replica.data.test)
+    assert (loss, accuracy) == (theirs["test_loss"], theirs["test_accuracy"])
+    # The whole training set (what the report used before) gives another center.
+    whole, _ = flatness.prepare_model(center)
+    full = flatness.dataset_of(config).train.x
+    recompute_batchnorm(whole, full, config.data.batch_size, config.train.bn_batches)
+    assert abs(metrics(whole, replica.data.test)[0] - loss) > 1e-6
 
 
 def test_rescale_check_of_a_batchnorm_model_says_why_it_cannot(runs: dict[str, Path]) -> None:

@@ -1,4 +1,4 @@
-"""jobs/compare.py on a local Ray: a reduced comparison whose every number must come
+"""jobs/compare/ on a local Ray: a reduced comparison whose every number must come
 back out of a run directory, and the CIFAR-10 path on stand-in data in the raw format."""
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from jobs import CONFIG_DIR, compare
+from jobs import CONFIG_DIR
+from jobs.compare.command import main
+from jobs.compare.methods import LABELS, METHODS
 
 pytestmark = pytest.mark.ray
 
@@ -47,8 +49,8 @@ def table_rows(text: str, heading: str) -> list[list[str]]:
 def check_against_run_dirs(out: Path, model: str, heading: str, seeds: int, steps: int) -> None:
     rows = pq.read_table(out / "results" / "compare.parquet").to_pylist()
     mine = [r for r in rows if r["model"] == model]
-    assert sorted({r["method"] for r in mine}) == sorted(compare.METHODS)
-    assert len(mine) == len(compare.METHODS) * seeds
+    assert sorted({r["method"] for r in mine}) == sorted(METHODS)
+    assert len(mine) == len(METHODS) * seeds
     for r in mine:
         run = Path(r["run_dir"])
         s = json.loads((run / "summary.json").read_text())
@@ -73,10 +75,10 @@ def check_against_run_dirs(out: Path, model: str, heading: str, seeds: int, step
             assert m["loss_delta"][grid.index(0.0)] == 0.0  # δE(0) is exactly zero
     text = (out / "RESULTS.md").read_text()
     table = table_rows(text, heading)
-    assert [t[0] for t in table] == [compare.LABELS[k] for k in compare.METHODS]
+    assert [t[0] for t in table] == [LABELS[k] for k in METHODS]
     for t in table:
         assert len(t) == 9
-        method = next(k for k, v in compare.LABELS.items() if v == t[0])
+        method = next(k for k, v in LABELS.items() if v == t[0])
         runs = [r for r in mine if r["method"] == method]
         assert t[1] == cell([r["test_accuracy"] for r in runs])
         assert t[2] == cell([r["train_accuracy"] for r in runs])
@@ -99,7 +101,7 @@ def test_reduced_comparison_every_number_from_a_run_dir(
     argv = ["--config", str(CONFIG_DIR / "compare_mnist1d.toml"), "--models", "mlp",
             "--seeds", "2", "--steps", "400", "--storage", str(tmp_path / "runs"),
             "--output", str(out), "--set", f"data.root={data_root}"]  # fmt: skip
-    assert compare.main(argv) == 0
+    assert main(argv) == 0
     assert time.time() - started < 300
     check_against_run_dirs(out, "mlp", "### MNIST-1D mlp", seeds=2, steps=400)
     text = (out / "RESULTS.md").read_text()
@@ -116,7 +118,7 @@ def test_reduced_comparison_every_number_from_a_run_dir(
         assert "validation = 0.2" in (Path(r["run_dir"]) / "config.toml").read_text()
     # A second invocation reuses the finished run directories and gives the same table.
     first = pq.read_table(out / "results" / "compare.parquet").to_pylist()
-    assert compare.main(argv) == 0
+    assert main(argv) == 0
     again = pq.read_table(out / "results" / "compare.parquet").to_pylist()
     assert [r["test_accuracy"] for r in again] == [r["test_accuracy"] for r in first]
     assert "22 of 22 runs were finished run directories" in (out / "RESULTS.md").read_text()
@@ -159,7 +161,7 @@ def test_cifar10_path_on_standin_data(ray_session: None, tmp_path: Path) -> None
             "--set", "algorithm.coupling_period=2", "--set", "algorithm.inner_steps=5",
             "--flatness", "subset=50", "--flatness", "draws=4",
             "--flatness", "lanczos_steps=5"]  # fmt: skip
-    assert compare.main(argv) == 0
+    assert main(argv) == 0
     check_against_run_dirs(out, "smallconvnet", "### cifar10 smallconvnet", seeds=1, steps=10)
     assert len(pq.read_table(out / "results" / "sweep.parquet").to_pylist()) == 5
     rows = pq.read_table(out / "results" / "compare.parquet").to_pylist()

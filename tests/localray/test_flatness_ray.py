@@ -13,6 +13,7 @@ from coordinator.coordinator import Coordinator
 from coordinator.groups import LocalGroup
 from foundation.config import Config
 from jobs import flatness
+from tests.support import ConfigFactory
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_session")]
 
@@ -24,8 +25,8 @@ FAST = [
 
 
 def test_one_ray_task_per_model_gives_the_in_process_numbers(
-    make_config, capsys: pytest.CaptureFixture[str]
-) -> None:  # type: ignore[no-untyped-def]
+    make_config: ConfigFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
     config: Config = make_config(name="flat")
     coordinator = Coordinator(config, LocalGroup)
     while not coordinator.done:

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from foundation.config import load_config
-from jobs import sweep as sweep_job
+from jobs.sweep import command as sweep_job
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_session")]
@@ -63,7 +63,9 @@ def trials(tmp_path: Path, name: str) -> list[dict[str, Any]]:
     return rows
 
 
-def test_asha_sweep_of_four_trials_stops_the_bad_one_early(tmp_path, data_root, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_asha_sweep_of_four_trials_stops_the_bad_one_early(
+    tmp_path: Path, data_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     # The grid runs in order, two at a time: when the 1e-4 trial reports its first rung
     # (round 3) the good ones have long passed it, and it is far below their median.
     path = write_sweep(tmp_path, data_root, "asha", 'scheduler = "asha"\n[sweep.asha]\n'
@@ -99,8 +101,8 @@ def test_asha_sweep_of_four_trials_stops_the_bad_one_early(tmp_path, data_root, 
 
 
 def test_pbt_takes_over_a_better_trials_run_checkpoint_and_logs_to_wandb_offline(
-    tmp_path, data_root, monkeypatch
-) -> None:  # type: ignore[no-untyped-def]
+    tmp_path: Path, data_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Synchronous PBT: both trials wait for each other at round 6 and the worse one
     # (η = 1e-4) takes over the better one's checkpoint, whatever their relative speed.
     monkeypatch.setenv("WANDB_MODE", "offline")  # even where a W&B key is configured
@@ -166,7 +168,9 @@ class Listener:
         self.sock.close()
 
 
-def test_wandb_without_a_key_runs_offline_and_makes_no_network_call(tmp_path, data_root) -> None:  # type: ignore[no-untyped-def]
+def test_wandb_without_a_key_runs_offline_and_makes_no_network_call(
+    tmp_path: Path, data_root: Path
+) -> None:
     """A whole jobs.train run with logging.wandb = true and no W&B key: every proxy-aware
     client (wandb's Python side, wandb-core in Go) would reach the proxy listener for any
     outside host, and W&B's own server URL is the other listener. The run attaches to this

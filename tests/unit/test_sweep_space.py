@@ -7,18 +7,11 @@ import pytest
 from cluster.actors import ResourceError
 from foundation.config import load_config
 from jobs import CONFIG_DIR
-from jobs.sweep import (
-    Distribution,
-    SweepError,
-    best_toml,
-    concurrency,
-    load_sweep,
-    parse_distribution,
-    table_text,
-    trial_bundles,
-    trial_config,
-    with_gpus,
-)
+from jobs.sweep.resources import concurrency, trial_bundles, with_gpus
+from jobs.sweep.results import best_toml, table_text
+from jobs.sweep.space import Distribution, SweepError, parse_distribution
+from jobs.sweep.sweepfile import load_sweep
+from jobs.sweep.trial import trial_config
 
 BASE = load_config(CONFIG_DIR / "smoke.toml")
 
@@ -38,7 +31,9 @@ def sweep_file(tmp_path: Path, space: str, sweep: str = "", extra: str = "") -> 
         ({"choice": ["auto", 0.01]}, "choice", ("auto", 0.01)),
     ],
 )
-def test_each_distribution_parses(spec, kind, values) -> None:  # type: ignore[no-untyped-def]
+def test_each_distribution_parses(
+    spec: dict[str, list[object]], kind: str, values: tuple[object, ...]
+) -> None:
     key = "scoping.gamma0" if kind in ("grid", "choice", "uniform") else "algorithm.lr"
     d = parse_distribution(key, spec, BASE)
     assert d == Distribution(kind, values)
@@ -91,7 +86,7 @@ def test_distributions_become_tune_domains_and_pbt_mutations() -> None:
          'sweep.space."run.name": run.name is set by the sweep for each trial'),
     ],
 )  # fmt: skip
-def test_bad_space_entries_fail_in_one_line(key, spec, message) -> None:  # type: ignore[no-untyped-def]
+def test_bad_space_entries_fail_in_one_line(key: str, spec: object, message: str) -> None:
     with pytest.raises(SweepError) as err:
         parse_distribution(key, spec, BASE)
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
@@ -133,7 +128,9 @@ def test_a_sweep_file_loads_with_its_base_inline_sections_and_overrides(tmp_path
         ("", "", ["algorithm.replicas=0"], "algorithm.replicas = 0 is out of range [1, 1024]"),
     ],
 )  # fmt: skip
-def test_bad_sweep_options_fail_in_one_line(tmp_path, sweep, extra, overrides, message) -> None:  # type: ignore[no-untyped-def]
+def test_bad_sweep_options_fail_in_one_line(
+    tmp_path: Path, sweep: str, extra: str, overrides: list[str], message: str
+) -> None:
     path = sweep_file(tmp_path, '"scoping.kind" = {grid = ["cosine", "linear"]}', sweep, extra)
     with pytest.raises(Exception) as err:
         load_sweep(path, overrides)
@@ -179,7 +176,8 @@ def test_a_trial_reserves_its_coordinator_and_replicas_and_concurrency_is_what_f
 
 
 def test_trial_configs_and_best_toml_are_ordinary_run_configs(tmp_path: Path) -> None:
-    from jobs.sweep import Plan, flat
+    from jobs.sweep.space import flat
+    from jobs.sweep.trial import Plan
 
     sweep = load_sweep(CONFIG_DIR / "sweep_smoke.toml")
     plan = Plan(base=flat(sweep.base), space=sweep.space, runs=str(tmp_path / "runs"),
@@ -209,7 +207,7 @@ def test_a_sweep_directory_resumes_only_the_same_sweep(tmp_path: Path) -> None:
     import json
 
     from coordinator.resume import ResumeMismatch
-    from jobs.sweep import check_same_sweep, fingerprint
+    from jobs.sweep.tuner import check_same_sweep, fingerprint
 
     sweep = load_sweep(CONFIG_DIR / "sweep_smoke.toml", [f"run.storage={tmp_path}"])
     Path(sweep.uri).mkdir(parents=True)

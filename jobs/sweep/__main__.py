@@ -1,0 +1,8 @@
+"""`python -m jobs.sweep`: the command line lives in jobs.sweep.command, because Ray
+pickles what `__main__` defines by value and the trainable must be importable."""
+
+import sys
+
+from jobs.sweep.command import main
+
+sys.exit(main())
