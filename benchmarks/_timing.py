@@ -1,7 +1,7 @@
 """Side-by-side timing for the benchmarks: A B A B …, medians, and what was run where.
 
 Machines here are shared and noisy, so a figure is a ratio of two things measured in
-alternation in one run (../shared/benchmarks.md), never two runs far apart.
+alternation in one run (docs/performance.md, "How we measure"), never two runs far apart.
 """
 
 from __future__ import annotations

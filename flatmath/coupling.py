@@ -1,6 +1,6 @@
 """The coupling math of the replica algorithms, on flat tensors only (no Ray, no modules).
 
-Symbols follow ../shared/algorithms.md: y replicas w^a stacked as the rows of a
+Symbols follow docs/algorithms.md: y replicas w^a stacked as the rows of a
 [y, n] tensor, the center w̄ (their mean) or an explicit center w̃ (EASGD), learning
 rate η, coupling period K, scope γ and Parle's center strength ρ.
 

@@ -2,7 +2,7 @@
 
 - momentum_step_: the SGD / heavy-ball / Nesterov step with torch.optim.SGD's semantics
   (dampening 0), used for local SGD steps and for Entropy-SGD's outer step.
-- entropy_sgd_inner: Entropy-SGD's inner SGLD loop (../shared/algorithms.md §2), driven
+- entropy_sgd_inner: Entropy-SGD's inner SGLD loop (docs/algorithms.md, Entropy-SGD), driven
   by a gradient callable, so the same code serves a replica actor, the packed path and
   the drop-in EntropySGD optimizer below.
 """

@@ -1,6 +1,6 @@
 """Scoping schedules for γ (and Parle's ρ): pure functions of the round and a small state.
 
-Formulas (../shared/algorithms.md §5), r counting rounds, R the horizon in rounds:
+Formulas (docs/algorithms.md, Scoping), r counting rounds, R the horizon in rounds:
   constant     γ(r) = γ0
   exponential  γ(r) = γ0 (1 + γ1)^r
   linear       γ(r) = γ0 + (γmax − γ0) r / R

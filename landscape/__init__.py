@@ -1,7 +1,8 @@
 """Flatness of a trained model: local energy, Hessian spectrum, α-rescaling (no Ray).
 
 Every measure here says in landscape.rescale.INVARIANCE whether it survives Dinh et
-al.'s function-preserving rescaling (algorithms.md §7); report it next to the number.
+al.'s function-preserving rescaling (docs/algorithms.md, Sharp minima); report it
+next to the number.
 """
 
 from landscape.hessian import (

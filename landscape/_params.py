@@ -37,7 +37,7 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
     """Evaluate in eval mode, then give every submodule back its own training flag.
 
     Eval mode because a train-mode forward would move BatchNorm's running statistics
-    (the SAM defect in algorithms.md) and use batch statistics, so the measured loss
+    (the SAM defect in docs/algorithms.md) and use batch statistics, so the measured loss
     would not be the deployed model's loss.
     """
     flags = [(m, m.training) for m in model.modules()]

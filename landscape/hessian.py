@@ -21,8 +21,8 @@ Algorithms:
 The Lanczos machinery itself (the basis, reorthogonalization, float64 scalars, random
 probes) is in landscape.lanczos; HVP, the operator type, is defined there and re-exported.
 
-Invariance (algorithms.md §7): none of these is invariant to Dinh et al.'s α-rescaling;
-an eigenvalue can change by up to α². See landscape.rescale.INVARIANCE.
+Invariance (docs/algorithms.md, Sharp minima): none of these is invariant to Dinh et
+al.'s α-rescaling; an eigenvalue can change by up to α². See landscape.rescale.INVARIANCE.
 """
 
 from __future__ import annotations

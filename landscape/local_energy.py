@@ -8,9 +8,9 @@ loss and for the error rate (1 − accuracy), on whatever split (x, y) is passed
 it once for train and once for test. Only parameters are perturbed, never BatchNorm
 running statistics, and the model is evaluated in eval mode.
 
-Invariance (algorithms.md §7): the multiplicative form is unchanged by Dinh et al.'s
-α-rescaling of positively homogeneous layers, the additive form is not; see
-landscape.rescale.INVARIANCE.
+Invariance (docs/algorithms.md, Sharp minima): the multiplicative form is unchanged by
+Dinh et al.'s α-rescaling of positively homogeneous layers, the additive form is not;
+see landscape.rescale.INVARIANCE.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class LocalEnergy:
 
 
 def sigma_grid(sigma_max: float, num: int = 11) -> Tensor:
-    """σ evenly spaced over [0, sigma_max], the sweep of algorithms.md §6."""
+    """σ evenly spaced over [0, sigma_max], the sweep of docs/algorithms.md."""
     if not sigma_max > 0 or num < 2:
         raise ValueError(f"need sigma_max > 0 and num >= 2, got {sigma_max} and {num}")
     return torch.linspace(0.0, sigma_max, num, dtype=torch.float64)

@@ -57,7 +57,7 @@ INVARIANCE: dict[str, bool] = {
     "hessian_trace": False,
     "hessian_spectral_density": False,
 }
-"""Whether each flatness measure is unchanged by the α-rescaling (algorithms.md §7)."""
+"""Whether each flatness measure is unchanged by the α-rescaling (docs/algorithms.md)."""
 
 INVARIANCE_NOTES: dict[str, str] = {
     "local_energy_multiplicative": (

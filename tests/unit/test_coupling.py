@@ -1,4 +1,4 @@
-"""Tier 1: the coupling updates against numbers computed by hand from algorithms.md."""
+"""Tier 1: the coupling updates against numbers computed by hand from docs/algorithms.md."""
 
 import torch
 
