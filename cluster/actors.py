@@ -16,7 +16,7 @@ import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from coordinator.groups import ReplicaLost, RoundOutcome, as_list, layout, unpack
+from coordinator.groups import ReplicaLost, RoundOutcome, as_list, layout, locate, unpack
 from foundation.config import Config
 from replicas.packed import PackedReplicas
 from replicas.replica import Replica
@@ -161,8 +161,7 @@ class RayReplicaGroup:
         ray.get(refs, timeout=STARTUP_TIMEOUT_S)
 
     def replace(self, index: int, state: dict[str, Any]) -> None:
-        p = self.config.resources.replicas_per_actor
-        u, row = index // p, index % p
+        u, row = locate(index, self.config.resources.replicas_per_actor)
         if u in self.lost:  # its bundle in the placement group is free again
             self.actors[u] = self._start(u)
             self.lost.discard(u)

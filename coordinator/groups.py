@@ -54,6 +54,11 @@ def layout(config: Config) -> list[list[int]]:
     return [list(range(start, min(start + p, y))) for start in range(0, y, p)]
 
 
+def locate(index: int, per_unit: int) -> tuple[int, int]:
+    """Replica `index` → (its unit, its row in the unit) with `per_unit` replicas a unit."""
+    return index // per_unit, index % per_unit
+
+
 def unpack(result: Any, packed: bool) -> list[tuple[np.ndarray, RoundStats]]:
     """A unit's round result as one (weights, stats) per replica, in index order."""
     if not packed:
@@ -83,10 +88,6 @@ class LocalGroup:
             return PackedReplicas(self.units_of[u], self.config)
         return Replica(self.units_of[u][0], self.config)
 
-    def _where(self, index: int) -> tuple[int, int]:
-        p = self.config.resources.replicas_per_actor
-        return index // p, index % p
-
     def run_round(self, center: np.ndarray | None, gamma: float, rho: float) -> list[RoundOutcome]:
         out: list[RoundOutcome] = []
         for u, unit in enumerate(self.units):
@@ -113,7 +114,7 @@ class LocalGroup:
             unit.load_state_dict(mine if self.packed else mine[0])
 
     def replace(self, index: int, state: dict[str, Any]) -> None:
-        u, row = self._where(index)
+        u, row = locate(index, self.config.resources.replicas_per_actor)
         if u in self.lost_units:
             self.units[u] = self._new_unit(u)
             self.lost_units.discard(u)

@@ -1,14 +1,13 @@
 """Shared fixtures: a config factory on small budgets and one data cache for the session."""
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
 from foundation.config import Config, load_config
-
-ConfigFactory = Callable[..., Config]
+from tests.support import ConfigFactory
 
 
 @pytest.fixture(autouse=True, scope="session")

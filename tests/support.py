@@ -42,27 +42,72 @@ def run_ray_cli(
     )
 
 
-def stop_processes_of(marker: str, grace_s: float = 10.0) -> None:
-    """Stop the processes whose command line names `marker` (a cluster's own temp dir):
-    `ray stop` would stop every Ray process on the machine, other tests' too."""
+def node_ports() -> list[str]:
+    """Free ports for every listener a node opens: the defaults (10001 for the client
+    server, 52365 for the agent, …) would collide with another node on this machine."""
+    names = ("node-manager-port", "object-manager-port", "metrics-export-port",
+             "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+             "runtime-env-agent-port")  # fmt: skip
+    return [f"--{name}={free_port()}" for name in names]
 
-    def matching() -> list[int]:
-        pids = []
-        for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit() or int(proc.name) == os.getpid():
-                continue
-            try:
-                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue  # gone meanwhile
-            if marker in cmdline:
-                pids.append(int(proc.name))
-        return pids
 
+def wait_for_job_agent(address: str, env: dict[str, str], timeout_s: float = 120) -> None:
+    """Submit a no-op job until the head's job agent takes it: right after `ray start`
+    the dashboard answers "No available agent to submit job" for a while."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        probe = run_ray_cli(
+            "job", "submit", f"--address={address}", "--no-wait", "--",
+            "python", "-c", "pass", env=env, timeout=60,
+        )  # fmt: skip
+        if probe.returncode == 0:
+            return
+        if "No available agent" not in probe.stdout + probe.stderr or time.monotonic() > deadline:
+            raise RuntimeError(f"the job agent at {address} is not ready: {probe.stderr[-500:]}")
+        time.sleep(1)
+
+
+def ray_start(*args: str, env: dict[str, str], timeout: float = 300) -> tuple[int, str]:
+    """`ray start ARGS` in a session of its own; returns (that session's id, its output).
+
+    Every process the node starts (GCS, raylet, dashboard, agents, workers) inherits the
+    session, also the ones that rename themselves (ray::DashboardAgent) and those whose
+    command line names no temp dir, so stop_session() finds them all and nothing else.
+    """
+    proc = subprocess.Popen(
+        [str(BIN / "ray"), "start", *args], env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    output, _ = proc.communicate(timeout=timeout)
+    if proc.returncode != 0:
+        stop_session(proc.pid)
+        raise RuntimeError(f"ray start {' '.join(args)} failed: {output}")
+    # `ray start` has exited; its pid is the id of the session its daemons keep.
+    return proc.pid, output
+
+
+def session_processes(sid: int) -> list[int]:
+    """The pids whose session id is `sid` (fields after the command name in /proc/pid/stat)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        if int(stat.rsplit(")", 1)[1].split()[3]) == sid:
+            pids.append(int(entry.name))
+    return pids
+
+
+def stop_session(sid: int, grace_s: float = 3.0) -> None:
+    """Stop every process of one `ray start` session: SIGTERM, then SIGKILL what is left.
+    `ray stop` is never used here: it stops every Ray process on the machine."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in matching():
+        for pid in session_processes(sid):
             with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
                 os.kill(pid, sig)
         deadline = time.monotonic() + grace_s
-        while matching() and time.monotonic() < deadline:
+        while session_processes(sid) and time.monotonic() < deadline:
             time.sleep(0.2)

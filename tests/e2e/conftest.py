@@ -13,7 +13,16 @@ from collections.abc import Iterator
 import pytest
 import ray
 
-from tests.support import BIN, RayCli, free_port, run_ray_cli, stop_processes_of
+from tests.support import (
+    BIN,
+    RayCli,
+    free_port,
+    node_ports,
+    ray_start,
+    run_ray_cli,
+    stop_session,
+    wait_for_job_agent,
+)
 
 
 @pytest.fixture(scope="session")
@@ -38,14 +47,16 @@ def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[s
     env.pop("RAY_AUTH_TOKEN", None)  # it would win over the path
     env.pop("RAY_ADDRESS", None)
     dashboard = free_port()
-    started = run_ray_cli(
-        "start", "--head", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
-        "--num-cpus=2", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-        f"--temp-dir={temp}", "--disable-usage-stats", env=env,
+    address = f"http://127.0.0.1:{dashboard}"
+    sid, _ = ray_start(
+        "--head", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
+        f"--ray-client-server-port={free_port()}", *node_ports(), "--num-cpus=2",
+        "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--temp-dir={temp}",
+        "--disable-usage-stats", env=env,
     )  # fmt: skip
-    assert started.returncode == 0, started.stdout + started.stderr
     try:
-        yield f"http://127.0.0.1:{dashboard}", env
+        wait_for_job_agent(address, env)
+        yield address, env
     finally:
-        stop_processes_of(str(temp))  # not `ray stop`: it would stop every Ray here
+        stop_session(sid)  # not `ray stop`: it would stop every Ray process here
         shutil.rmtree(temp, ignore_errors=True)

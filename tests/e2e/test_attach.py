@@ -4,7 +4,7 @@ Ray records a running cluster in <temp>/ray/ray_current_cluster, and a plain ray
 attaches to it; jobs.train used to pass num_cpus to that existing cluster and die with a
 traceback. Now it attaches too and says so in its first line (RAY_ADDRESS=local: a
 private Ray instead). The head here records itself under its own RAY_TMPDIR, so no
-other test's ray.init() can find it, and it is stopped by its own processes' pids.
+other test's ray.init() can find it, and it is stopped by its own session's pids.
 """
 
 import os
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import BIN, free_port, run_ray_cli, stop_processes_of
+from tests.support import BIN, free_port, node_ports, ray_start, stop_session
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
@@ -36,17 +36,17 @@ def recorded_head() -> Iterator[dict[str, str]]:
            "RAY_AUTH_TOKEN_PATH": str(token)}  # fmt: skip
     for key in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
         env.pop(key, None)
-    started = run_ray_cli(
-        "start", "--head", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
-        "--num-cpus=2", "--dashboard-host=127.0.0.1", f"--dashboard-port={free_port()}",
+    sid, _ = ray_start(
+        "--head", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
+        f"--ray-client-server-port={free_port()}", *node_ports(), "--num-cpus=2",
+        "--dashboard-host=127.0.0.1", f"--dashboard-port={free_port()}",
         "--disable-usage-stats", env=env,
     )  # fmt: skip
     try:
-        assert started.returncode == 0, started.stdout + started.stderr
         assert (temp / "ray" / "ray_current_cluster").exists()
         yield env
     finally:
-        stop_processes_of(str(temp))
+        stop_session(sid)
         shutil.rmtree(temp, ignore_errors=True)
 
 

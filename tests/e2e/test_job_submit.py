@@ -12,12 +12,16 @@ from pathlib import Path
 import pytest
 import ray
 
+from tests.support import RayCli
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.e2e
 
 
-def test_submitted_smoke_job_matches_a_local_run(head, ray_cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_submitted_smoke_job_matches_a_local_run(
+    head: tuple[str, dict[str, str]], ray_cli: RayCli, tmp_path: Path
+) -> None:
     address, env = head
     storage = tmp_path / "runs"
     submitted = ray_cli(
@@ -61,8 +65,8 @@ def uninterrupted_sha(tmp_path: Path, env: dict[str, str]) -> str:
 
 
 def test_ray_job_stop_then_resubmit_resumes_to_the_same_center(
-    head, ray_cli, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+    head: tuple[str, dict[str, str]], ray_cli: RayCli, tmp_path: Path
+) -> None:
     address, env = head
     args = [
         *LONG,

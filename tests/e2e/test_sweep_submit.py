@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from foundation.config import load_config
+from tests.support import RayCli
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -18,8 +19,8 @@ pytestmark = pytest.mark.e2e
 
 
 def test_submitted_sweep_runs_its_trials_as_tune_actors_and_writes_its_results(
-    head, ray_cli, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+    head: tuple[str, dict[str, str]], ray_cli: RayCli, tmp_path: Path
+) -> None:
     address, env = head
     storage = tmp_path / "sweeps"
     submitted = ray_cli(

@@ -4,6 +4,7 @@ import itertools
 import json
 import math
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -15,6 +16,7 @@ from coordinator.failures import DivergenceError
 from coordinator.groups import LocalGroup, RoundOutcome
 from foundation.config import Config, load_config
 from replicas.replica import Replica, RoundStats
+from tests.support import ConfigFactory
 
 
 def run(config: Config) -> Coordinator:
@@ -31,7 +33,7 @@ def replica_weights(coordinator: Coordinator) -> list[np.ndarray]:
     return [r.weights() for r in group.replicas]
 
 
-def test_uncoupled_replicas_equal_single_replica_runs(make_config) -> None:  # type: ignore[no-untyped-def]
+def test_uncoupled_replicas_equal_single_replica_runs(make_config: ConfigFactory) -> None:
     """γ = 0, same seeds: replica a of a y-replica run is exactly a lone replica a."""
     pair = run(make_config("algorithm.kind=sgd", name="pair"))
     alone = run(make_config("algorithm.kind=sgd", "algorithm.replicas=1", name="alone"))
@@ -43,7 +45,7 @@ def test_uncoupled_replicas_equal_single_replica_runs(make_config) -> None:  # t
     assert not np.array_equal(replica_weights(pair)[0], replica_weights(pair)[1])
 
 
-def test_rsgd_with_zero_gamma_equals_sgd(make_config) -> None:  # type: ignore[no-untyped-def]
+def test_rsgd_with_zero_gamma_equals_sgd(make_config: ConfigFactory) -> None:
     coupled = run(
         make_config("algorithm.kind=rsgd", "scoping.kind=constant", "scoping.gamma0=0", name="g0")
     )
@@ -52,7 +54,7 @@ def test_rsgd_with_zero_gamma_equals_sgd(make_config) -> None:  # type: ignore[n
         assert np.array_equal(a, b)
 
 
-def test_large_gamma_pulls_replicas_to_the_center(make_config) -> None:  # type: ignore[no-untyped-def]
+def test_large_gamma_pulls_replicas_to_the_center(make_config: ConfigFactory) -> None:
     # η K γ = 0.1 · 5 · 1.6 = 0.8: each round removes 80% of the spread before local steps.
     config = make_config(
         "scoping.kind=constant",
@@ -70,7 +72,7 @@ def test_large_gamma_pulls_replicas_to_the_center(make_config) -> None:  # type:
     assert all(later < earlier for earlier, later in itertools.pairwise(by_round[1:5]))
 
 
-def test_same_seed_same_center_and_other_seed_differs(make_config) -> None:  # type: ignore[no-untyped-def]
+def test_same_seed_same_center_and_other_seed_differs(make_config: ConfigFactory) -> None:
     first = json.loads((Path(run(make_config(name="a")).run.path) / "summary.json").read_text())
     again = json.loads((Path(run(make_config(name="b")).run.path) / "summary.json").read_text())
     other = json.loads(
@@ -79,7 +81,7 @@ def test_same_seed_same_center_and_other_seed_differs(make_config) -> None:  # t
     assert first["center_sha256"] == again["center_sha256"] != other["center_sha256"]
 
 
-def test_run_directory_holds_what_the_design_promises(make_config) -> None:  # type: ignore[no-untyped-def]
+def test_run_directory_holds_what_the_design_promises(make_config: ConfigFactory) -> None:
     config = make_config(name="layout")
     coordinator = run(config)
     path = Path(coordinator.run.path)
@@ -104,7 +106,7 @@ def test_run_directory_holds_what_the_design_promises(make_config) -> None:  # t
     assert (path / "plots" / "training.png").stat().st_size > 10_000
 
 
-def test_center_is_the_mean_of_the_gathered_replicas(make_config) -> None:  # type: ignore[no-untyped-def]
+def test_center_is_the_mean_of_the_gathered_replicas(make_config: ConfigFactory) -> None:
     coordinator = Coordinator(make_config(name="mean"), LocalGroup)
     coordinator.step()
     weights = np.stack(replica_weights(coordinator))
@@ -113,7 +115,7 @@ def test_center_is_the_mean_of_the_gathered_replicas(make_config) -> None:  # ty
 
 
 @pytest.mark.parametrize("kind", ["sgd", "rsgd", "esgd", "parle", "easgd"])
-def test_every_algorithm_runs_and_learns(make_config, kind: str) -> None:  # type: ignore[no-untyped-def]
+def test_every_algorithm_runs_and_learns(make_config: ConfigFactory, kind: str) -> None:
     extra = (
         ["algorithm.inner_steps=4", "algorithm.lr=1", "scoping.rho_max=1"]
         if kind in ("esgd", "parle")
@@ -128,7 +130,7 @@ def test_every_algorithm_runs_and_learns(make_config, kind: str) -> None:  # typ
         assert summary["center_train_accuracy"] > 0.2
 
 
-def test_cnn1d_with_batchnorm_runs(make_config) -> None:  # type: ignore[no-untyped-def]
+def test_cnn1d_with_batchnorm_runs(make_config: ConfigFactory) -> None:
     summary = run(make_config("model.arch=cnn1d", name="bn")).finish()
     assert 0.0 <= summary["center_test_accuracy"] <= 1.0
 
@@ -143,28 +145,30 @@ class NanAt(LocalGroup):
     def run_round(self, center: np.ndarray | None, gamma: float, rho: float) -> list[RoundOutcome]:
         results = super().run_round(center, gamma, rho)
         if self.calls == self.at:
-            weights, _ = results[self.replica]
+            weights, _ = cast(tuple[np.ndarray, RoundStats], results[self.replica])
             weights[:] = np.nan
             results[self.replica] = (weights, RoundStats(math.nan, 0.0, 0.0, False))
         self.calls += 1
         return results
 
 
-def test_divergence_stops_the_run_naming_round_and_replica(make_config) -> None:  # type: ignore[no-untyped-def]
+def test_divergence_stops_the_run_naming_round_and_replica(make_config: ConfigFactory) -> None:
     coordinator = Coordinator(make_config(name="nan"), NanAt)
     coordinator.step()
     coordinator.step()
-    center_before = coordinator.center.clone()  # type: ignore[union-attr]
+    center_before = cast(torch.Tensor, coordinator.center).clone()
     with pytest.raises(
         DivergenceError, match=r"replica 1 diverged in round 2 .*last finite loss was \d"
     ):
         coordinator.step()
-    assert torch.equal(coordinator.center, center_before), "NaN must never reach the center"  # type: ignore[arg-type]
+    assert torch.equal(cast(torch.Tensor, coordinator.center), center_before), (
+        "NaN must never reach the center"
+    )
     assert [e["event"] for e in coordinator.run.events()][-2:] == ["divergence", "stopped"]
     assert pq.read_table(Path(coordinator.run.path) / "metrics.parquet").num_rows == 4
 
 
-def test_validation_mode_reports_the_held_out_part_not_test(make_config) -> None:  # type: ignore[no-untyped-def]
+def test_validation_mode_reports_the_held_out_part_not_test(make_config: ConfigFactory) -> None:
     config = make_config("data.validation=0.2")
     replica = Replica(0, config)
     assert len(replica.data.train.y) == 3200 and len(replica.data.test.y) == 800

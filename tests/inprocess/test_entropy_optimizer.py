@@ -1,6 +1,7 @@
 """Tier 2: the drop-in EntropySGD optimizer trains a real network in a plain loop."""
 
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -10,7 +11,7 @@ from foundation.data import load_dataset
 from foundation.models import build_model
 
 
-def test_entropy_sgd_trains_the_mnist1d_mlp_far_above_chance(data_root) -> None:  # type: ignore[no-untyped-def]
+def test_entropy_sgd_trains_the_mnist1d_mlp_far_above_chance(data_root: Path) -> None:
     started = time.perf_counter()
     data = load_dataset("mnist1d", data_root)
     torch.manual_seed(0)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from replicas.replica import Replica
+from tests.support import ConfigFactory
 
 pytestmark = [
     pytest.mark.gpu,
@@ -21,7 +22,7 @@ pytestmark = [
 ]
 
 
-def test_a_replica_on_the_gpu_takes_the_cpu_replicas_steps(make_config) -> None:  # type: ignore[no-untyped-def]
+def test_a_replica_on_the_gpu_takes_the_cpu_replicas_steps(make_config: ConfigFactory) -> None:
     config = make_config("model.arch=mlp", "algorithm.coupling_period=3")
     on_cpu, on_gpu = Replica(0, config, "cpu"), Replica(0, config, "cuda")
     for _ in range(3):

@@ -1,5 +1,7 @@
 """Tier 2: p replicas packed in one unit (torch.func) match the same replicas unpacked."""
 
+from typing import Any, cast
+
 import numpy as np
 import pytest
 import torch
@@ -7,16 +9,18 @@ from torch import nn
 
 from coordinator.coordinator import Coordinator
 from coordinator.groups import LocalGroup
+from foundation.config import Config
 from replicas.packed import PackedReplicas
 from replicas.replica import Replica
+from tests.support import ConfigFactory
 
 
-def final_weights(config) -> tuple[list[np.ndarray], dict]:  # type: ignore[no-untyped-def,type-arg]
+def final_weights(config: Config) -> tuple[list[np.ndarray], dict[str, Any]]:
     coordinator = Coordinator(config, LocalGroup)
     while not coordinator.done:
         coordinator.step()
     summary = coordinator.finish()
-    return [r.weights() for r in coordinator.group.replicas], summary  # type: ignore[attr-defined]
+    return [r.weights() for r in cast(LocalGroup, coordinator.group).replicas], summary
 
 
 @pytest.mark.parametrize(
@@ -35,7 +39,7 @@ def final_weights(config) -> tuple[list[np.ndarray], dict]:  # type: ignore[no-u
     ],
     ids=["rsgd-mlp", "rsgd-cnn1d-bn", "parle-noise", "esgd-cnn1d-bn", "easgd"],
 )
-def test_packed_and_unpacked_runs_agree(make_config, extra: list[str]) -> None:  # type: ignore[no-untyped-def]
+def test_packed_and_unpacked_runs_agree(make_config: ConfigFactory, extra: list[str]) -> None:
     sets = [*extra, "algorithm.replicas=3", "train.rounds=3"]
     alone, alone_summary = final_weights(make_config(*sets, name="alone"))
     packed, packed_summary = final_weights(
@@ -66,8 +70,12 @@ ON_GPU = pytest.param(
 @pytest.mark.parametrize("force_vmap", [False, True], ids=["kernels", "vmap"])
 @pytest.mark.parametrize("arch", ["mlp", "cnn1d"])
 def test_each_packed_step_matches_the_lone_replicas_to_float_rounding(
-    make_config, monkeypatch, arch: str, force_vmap: bool, device: str
-) -> None:  # type: ignore[no-untyped-def]
+    make_config: ConfigFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    arch: str,
+    force_vmap: bool,
+    device: str,
+) -> None:
     # cuDNN may run the lone replicas' convolutions in TF32, which is not float32 rounding.
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     config = make_config(f"model.arch={arch}", "algorithm.coupling_period=1")
@@ -90,7 +98,7 @@ def test_each_packed_step_matches_the_lone_replicas_to_float_rounding(
         assert counts[0] == counts[1] == ({"2.num_batches_tracked": 5} if arch == "cnn1d" else {})
 
 
-def test_packed_rows_are_the_members_weights(make_config) -> None:  # type: ignore[no-untyped-def]
+def test_packed_rows_are_the_members_weights(make_config: ConfigFactory) -> None:
     pack = PackedReplicas([0, 1], make_config())
     block, stats = pack.round(None, 0.0, 0.0)
     for row, member in enumerate(pack.members):
@@ -109,12 +117,12 @@ class WithUnusedLayer(nn.Module):
         self.used, self.unused = nn.Linear(inputs, classes), nn.Linear(3, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.used(x)  # type: ignore[no-any-return]
+        return self.used(x)
 
 
 def test_a_parameter_that_never_reaches_the_loss_gets_a_zero_gradient(
-    make_config, monkeypatch
-) -> None:  # type: ignore[no-untyped-def]
+    make_config: ConfigFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(
         "replicas.replica.build_model", lambda arch, shape, n: WithUnusedLayer(shape[0], n)
     )

@@ -2,7 +2,7 @@
 
 import math
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import pytest
@@ -15,9 +15,10 @@ from coordinator.groups import LocalGroup, ReplicaLost, RoundOutcome
 from coordinator.resume import ResumeMismatch
 from foundation.config import Config
 from replicas.replica import RoundStats
+from tests.support import ConfigFactory
 
 
-def finish(coordinator: Coordinator) -> dict:  # type: ignore[type-arg]
+def finish(coordinator: Coordinator) -> dict[str, Any]:
     while not coordinator.done:
         coordinator.step()
     return coordinator.finish()
@@ -39,7 +40,7 @@ class Faulty(LocalGroup):
                 self.lost_units.add(replica)
                 out[replica] = ReplicaLost("RuntimeError: injected")
             elif at == self.calls and kind == "nan":
-                weights, _ = out[replica]  # type: ignore[misc]
+                weights, _ = cast(tuple[np.ndarray, RoundStats], out[replica])
                 weights[:] = np.nan
                 out[replica] = (weights, RoundStats(math.nan, 0.0, 0.0, False))
         self.calls += 1
@@ -65,7 +66,9 @@ def faulty(plan: dict[tuple[int, int], str]) -> type[Faulty]:
     ],
     ids=["rsgd", "parle-noise", "easgd", "cnn1d-bn-auto"],
 )
-def test_resume_ends_bit_identical_to_an_uninterrupted_run(make_config, extra: list[str]) -> None:  # type: ignore[no-untyped-def]
+def test_resume_ends_bit_identical_to_an_uninterrupted_run(
+    make_config: ConfigFactory, extra: list[str]
+) -> None:
     sets = [*extra, "train.rounds=7", "train.checkpoint_every=3", "train.eval_every=2"]
     whole = finish(Coordinator(make_config(*sets, name="whole"), LocalGroup))
 
@@ -84,16 +87,19 @@ def test_resume_ends_bit_identical_to_an_uninterrupted_run(make_config, extra: l
     assert [e["event"] for e in resumed.run.events()].count("resume") == 1
 
 
-def test_a_lost_replica_is_replaced_from_the_center_and_the_run_completes(make_config) -> None:  # type: ignore[no-untyped-def]
+def test_a_lost_replica_is_replaced_from_the_center_and_the_run_completes(
+    make_config: ConfigFactory,
+) -> None:
     coordinator = Coordinator(make_config("train.rounds=5", name="lost"), faulty({(1, 2): "raise"}))
     coordinator.step()
     coordinator.step()
-    survivor = coordinator.group.replicas[0]  # type: ignore[attr-defined]
+    survivor = cast(LocalGroup, coordinator.group).replicas[0]
     coordinator.step()  # round 2: replica 1 is lost
     assert coordinator.center is not None
     # The center is replica 0 alone: the lost replica's partial round never reaches it.
     assert torch.equal(coordinator.center, torch.from_numpy(survivor.weights()))
-    assert np.array_equal(coordinator.group.replicas[1].weights(), coordinator.center.numpy())  # type: ignore[attr-defined]
+    replaced = cast(LocalGroup, coordinator.group).replicas[1]
+    assert np.array_equal(replaced.weights(), coordinator.center.numpy())
     summary = finish(coordinator)
     assert summary["rounds"] == 5
     events = [e for e in coordinator.run.events() if e["event"] == "replica_restarted"]
@@ -103,7 +109,7 @@ def test_a_lost_replica_is_replaced_from_the_center_and_the_run_completes(make_c
     assert failed_row["train_loss"] is None and "injected" in failed_row["failure"]
 
 
-def test_divergence_restart_halves_the_lr_and_goes_on(make_config) -> None:  # type: ignore[no-untyped-def]
+def test_divergence_restart_halves_the_lr_and_goes_on(make_config: ConfigFactory) -> None:
     config = make_config("train.rounds=5", "train.on_divergence=restart", name="nan")
     coordinator = Coordinator(config, faulty({(0, 1): "nan"}))
     summary = finish(coordinator)
@@ -115,10 +121,10 @@ def test_divergence_restart_halves_the_lr_and_goes_on(make_config) -> None:  # t
     lrs = {(r["round"], r["replica"]): r["lr"] for r in coordinator.rows}
     assert lrs[(0, 0)] == pytest.approx(0.1) and lrs[(2, 0)] == pytest.approx(0.05)
     assert lrs[(2, 1)] == pytest.approx(0.1)
-    assert coordinator.group.replicas[0].lr_scale == 0.5  # type: ignore[attr-defined]
+    assert cast(LocalGroup, coordinator.group).replicas[0].lr_scale == 0.5
 
 
-def test_a_replica_that_keeps_failing_stops_the_run(make_config) -> None:  # type: ignore[no-untyped-def]
+def test_a_replica_that_keeps_failing_stops_the_run(make_config: ConfigFactory) -> None:
     plan = {(1, r): "raise" for r in range(5)}
     coordinator = Coordinator(make_config("train.rounds=5", name="again"), faulty(plan))
     with pytest.raises(RunFailed, match="replica 1 failed 3 rounds in a row"):
@@ -128,7 +134,9 @@ def test_a_replica_that_keeps_failing_stops_the_run(make_config) -> None:  # typ
         Coordinator(make_config(name="all"), faulty(everyone)).step()
 
 
-def test_a_corrupt_checkpoint_is_skipped_for_the_previous_good_one(make_config) -> None:  # type: ignore[no-untyped-def]
+def test_a_corrupt_checkpoint_is_skipped_for_the_previous_good_one(
+    make_config: ConfigFactory,
+) -> None:
     config = make_config("train.rounds=6", "train.checkpoint_every=2", name="corrupt")
     finish(Coordinator(config, LocalGroup))
     assert checkpoint.rounds(Coordinator(config, LocalGroup).run) == [2, 4, 6]
@@ -143,7 +151,7 @@ def test_a_corrupt_checkpoint_is_skipped_for_the_previous_good_one(make_config) 
     assert "sha256" in skipped[0]["reason"]
 
 
-def test_resume_refuses_a_different_run_and_fresh_starts_over(make_config) -> None:  # type: ignore[no-untyped-def]
+def test_resume_refuses_a_different_run_and_fresh_starts_over(make_config: ConfigFactory) -> None:
     finish(Coordinator(make_config(name="same"), LocalGroup))
     with pytest.raises(ResumeMismatch, match=r"algorithm\.lr = 0\.1, not 0\.2"):
         Coordinator(make_config("algorithm.lr=0.2", name="same"), LocalGroup)
@@ -154,7 +162,7 @@ def test_resume_refuses_a_different_run_and_fresh_starts_over(make_config) -> No
     assert [e["event"] for e in fresh.run.events()] == ["start"]
 
 
-def test_checkpoints_load_with_weights_only(make_config) -> None:  # type: ignore[no-untyped-def]
+def test_checkpoints_load_with_weights_only(make_config: ConfigFactory) -> None:
     config = make_config(name="safe")
     finish(Coordinator(config, LocalGroup))
     path = Path(config.run.storage) / config.run.name / "checkpoints" / "round-000004" / "state.pt"
@@ -163,7 +171,7 @@ def test_checkpoints_load_with_weights_only(make_config) -> None:  # type: ignor
     assert isinstance(state["center"], torch.Tensor)
 
 
-def test_allowed_changes_resume_with_the_new_lr_and_schedule(make_config) -> None:  # type: ignore[no-untyped-def]
+def test_allowed_changes_resume_with_the_new_lr_and_schedule(make_config: ConfigFactory) -> None:
     """What Population Based Training needs: take over a checkpoint with a new η and γ0."""
     finish(
         Coordinator(

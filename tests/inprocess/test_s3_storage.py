@@ -12,6 +12,7 @@ from moto.server import ThreadedMotoServer
 from coordinator.coordinator import Coordinator
 from coordinator.groups import LocalGroup
 from foundation.storage import Storage
+from tests.support import ConfigFactory
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,9 @@ def s3_endpoint() -> Iterator[str]:
                 os.environ[key] = value
 
 
-def test_a_run_on_s3_checkpoints_and_resumes_exactly(make_config, s3_endpoint: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_run_on_s3_checkpoints_and_resumes_exactly(
+    make_config: ConfigFactory, s3_endpoint: str
+) -> None:
     storage = f"s3://wv-test/runs?endpoint_override={s3_endpoint}&scheme=http&region=us-east-1"
     sets = ["train.rounds=4", "train.checkpoint_every=2"]
     local = Coordinator(make_config(*sets, name="local"), LocalGroup)

@@ -7,6 +7,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from cluster.actors import RayReplicaGroup
 from coordinator.coordinator import Coordinator
 from coordinator.failures import DivergenceError
 from replicas.replica import Replica, RoundStats
+from tests.support import ConfigFactory
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_session")]
 # The fault-injecting replicas below are defined here, in a module the actor processes
@@ -29,7 +31,9 @@ class HangingReplica(Replica):
 
     flag = ""
 
-    def round(self, center, gamma, rho):  # type: ignore[no-untyped-def]
+    def round(
+        self, center: np.ndarray | None, gamma: float, rho: float
+    ) -> tuple[np.ndarray, RoundStats]:
         if self.index == 1 and os.path.exists(self.flag):
             os.unlink(self.flag)
             time.sleep(3600)
@@ -39,7 +43,9 @@ class HangingReplica(Replica):
 class NanReplica(Replica):
     """Replica 0 returns NaN weights in its third round."""
 
-    def round(self, center, gamma, rho):  # type: ignore[no-untyped-def]
+    def round(
+        self, center: np.ndarray | None, gamma: float, rho: float
+    ) -> tuple[np.ndarray, RoundStats]:
         self.calls = getattr(self, "calls", 0) + 1
         weights, stats = super().round(center, gamma, rho)
         if self.index == 0 and self.calls == 3:
@@ -54,7 +60,7 @@ def restarted(coordinator: Coordinator) -> list[tuple[int, int, str]]:
     ]
 
 
-def run_with(coordinator: Coordinator, between_rounds: dict[int, object]) -> dict:  # type: ignore[type-arg]
+def run_with(coordinator: Coordinator, between_rounds: dict[int, object]) -> dict[str, Any]:
     try:
         while not coordinator.done:
             action = between_rounds.get(coordinator.round)
@@ -66,7 +72,7 @@ def run_with(coordinator: Coordinator, between_rounds: dict[int, object]) -> dic
         coordinator.shutdown()
 
 
-def test_a_replica_killed_with_ray_kill_is_replaced(make_config) -> None:  # type: ignore[no-untyped-def]
+def test_a_replica_killed_with_ray_kill_is_replaced(make_config: ConfigFactory) -> None:
     coordinator = Coordinator(make_config("train.rounds=5", name="kill"), RayReplicaGroup)
     group = coordinator.group
     assert isinstance(group, RayReplicaGroup)
@@ -76,7 +82,7 @@ def test_a_replica_killed_with_ray_kill_is_replaced(make_config) -> None:  # typ
     assert (round_, replica) == (2, 1) and "actor died" in reason
 
 
-def test_a_replica_process_killed_with_sigkill_is_replaced(make_config) -> None:  # type: ignore[no-untyped-def]
+def test_a_replica_process_killed_with_sigkill_is_replaced(make_config: ConfigFactory) -> None:
     coordinator = Coordinator(make_config("train.rounds=5", name="sigkill"), RayReplicaGroup)
     group = coordinator.group
     assert isinstance(group, RayReplicaGroup)
@@ -86,7 +92,9 @@ def test_a_replica_process_killed_with_sigkill_is_replaced(make_config) -> None:
     assert [(r, a) for r, a, _ in restarted(coordinator)] == [(3, 0)]
 
 
-def test_a_hung_replica_is_replaced_after_the_round_timeout(make_config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_hung_replica_is_replaced_after_the_round_timeout(
+    make_config: ConfigFactory, tmp_path: Path
+) -> None:
     flag = tmp_path / "hang-now"
     cls = type("Hanging", (HangingReplica,), {"flag": str(flag)})
     config = make_config("train.rounds=4", "train.round_timeout_s=5", name="hang")
@@ -98,7 +106,7 @@ def test_a_hung_replica_is_replaced_after_the_round_timeout(make_config, tmp_pat
     assert (round_, replica) == (1, 1) and "no result within 5 s" in reason
 
 
-def test_nan_at_a_chosen_round_stops_or_restarts(make_config) -> None:  # type: ignore[no-untyped-def]
+def test_nan_at_a_chosen_round_stops_or_restarts(make_config: ConfigFactory) -> None:
     group = functools.partial(RayReplicaGroup, replica_cls=NanReplica)
     stopping = Coordinator(make_config("train.rounds=5", name="nan-stop"), group)
     with pytest.raises(DivergenceError, match="replica 0 diverged in round 2"):

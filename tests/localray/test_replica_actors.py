@@ -1,25 +1,31 @@
 """Tier 3: real replica actors on a local Ray."""
 
 import json
+from pathlib import Path
+from typing import cast
 
+import numpy as np
 import pytest
 
 from cluster import driver
 from cluster.actors import RayReplicaGroup, ResourceError, replica_resources
 from coordinator.coordinator import Coordinator
 from coordinator.groups import LocalGroup
-from foundation.config import load_config
+from foundation.config import Config, load_config
 from jobs import CONFIG_DIR, train
+from replicas.replica import RoundStats
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_session")]
 
 
-def smoke(tmp_path, data_root, name: str):  # type: ignore[no-untyped-def]
+def smoke(tmp_path: Path, data_root: Path, name: str) -> Config:
     sets = [f"run.storage={tmp_path}", f"run.name={name}", f"data.root={data_root}"]
     return load_config(CONFIG_DIR / "smoke.toml", sets)
 
 
-def test_smoke_twice_gives_the_same_center_as_in_process(tmp_path, data_root, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_smoke_twice_gives_the_same_center_as_in_process(
+    tmp_path: Path, data_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     first = driver.run(smoke(tmp_path, data_root, "first"))
     second = driver.run(smoke(tmp_path, data_root, "second"))
     assert first["center_sha256"] == second["center_sha256"]
@@ -34,20 +40,24 @@ def test_smoke_twice_gives_the_same_center_as_in_process(tmp_path, data_root, ca
     assert on_disk["center_sha256"] == first["center_sha256"] and on_disk["rounds"] == 20
 
 
-def test_round_results_come_back_as_one_flat_buffer_per_replica(tmp_path, data_root) -> None:  # type: ignore[no-untyped-def]
+def test_round_results_come_back_as_one_flat_buffer_per_replica(
+    tmp_path: Path, data_root: Path
+) -> None:
     config = smoke(tmp_path, data_root, "group")
     group = RayReplicaGroup(config)
     try:
         results = group.run_round(None, 0.0, 0.0)
         assert len(results) == 2
-        for weights, stats in results:
+        for weights, stats in cast(list[tuple[np.ndarray, RoundStats]], results):
             assert weights.ndim == 1 and weights.dtype.name == "float32"
             assert weights.size >= group.num_params and stats.finite
     finally:
         group.shutdown()
 
 
-def test_more_gpus_than_the_cluster_has_fails_before_any_actor(tmp_path, data_root) -> None:  # type: ignore[no-untyped-def]
+def test_more_gpus_than_the_cluster_has_fails_before_any_actor(
+    tmp_path: Path, data_root: Path
+) -> None:
     import ray
 
     config = load_config(None, [f"run.storage={tmp_path}", "resources.gpus_per_replica=1"])
@@ -57,7 +67,7 @@ def test_more_gpus_than_the_cluster_has_fails_before_any_actor(tmp_path, data_ro
                        "--set", "resources.gpus_per_replica=1"]) == 2  # fmt: skip
 
 
-def test_packed_actors_on_ray_match_packed_in_process(tmp_path, data_root) -> None:  # type: ignore[no-untyped-def]
+def test_packed_actors_on_ray_match_packed_in_process(tmp_path: Path, data_root: Path) -> None:
     sets = [f"run.storage={tmp_path}", f"data.root={data_root}", "algorithm.replicas=4",
             "resources.replicas_per_actor=2", "train.rounds=6"]  # fmt: skip
     on_ray = driver.run(load_config(CONFIG_DIR / "smoke.toml", [*sets, "run.name=ray"]))
@@ -69,7 +79,7 @@ def test_packed_actors_on_ray_match_packed_in_process(tmp_path, data_root) -> No
     assert local.finish()["center_sha256"] == on_ray["center_sha256"]
 
 
-def test_a_killed_packed_actor_restarts_all_its_replicas(tmp_path, data_root) -> None:  # type: ignore[no-untyped-def]
+def test_a_killed_packed_actor_restarts_all_its_replicas(tmp_path: Path, data_root: Path) -> None:
     import ray
 
     sets = [f"run.storage={tmp_path}", f"data.root={data_root}", "algorithm.replicas=4",
@@ -77,7 +87,7 @@ def test_a_killed_packed_actor_restarts_all_its_replicas(tmp_path, data_root) ->
     coordinator = Coordinator(load_config(CONFIG_DIR / "smoke.toml", sets), RayReplicaGroup)
     try:
         coordinator.step()
-        ray.kill(coordinator.group.actors[1])  # type: ignore[attr-defined]
+        ray.kill(cast(RayReplicaGroup, coordinator.group).actors[1])
         while not coordinator.done:
             coordinator.step()
         assert coordinator.finish()["rounds"] == 4

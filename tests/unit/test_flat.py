@@ -1,5 +1,7 @@
 """Tier 1: one contiguous buffer per model, BatchNorm included, bit-exact both ways."""
 
+from typing import cast
+
 import pytest
 import torch
 from torch import nn
@@ -7,7 +9,7 @@ from torch import nn
 from flatmath.flat import FlatModule, flatten_state, unflatten_state_
 
 
-def bn_model(seed: int) -> nn.Module:
+def bn_model(seed: int) -> nn.Sequential:
     torch.manual_seed(seed)
     model = nn.Sequential(
         nn.Conv1d(1, 4, 3), nn.BatchNorm1d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6, 3)
@@ -38,9 +40,8 @@ def test_flat_vector_is_the_model() -> None:
     model.eval()
     y0 = model(x)
     flat.flat.mul_(2.0)  # every weight and running statistic doubles through the view
-    assert torch.equal(
-        model[0].weight, flat.flat[: model[0].weight.numel()].view_as(model[0].weight)
-    )
+    weight = cast(nn.Conv1d, model[0]).weight
+    assert torch.equal(weight, flat.flat[: weight.numel()].view_as(weight))
     assert not torch.allclose(model(x), y0)
     flat.flat.div_(2.0)
     assert torch.equal(model(x), y0)
@@ -52,7 +53,7 @@ def test_gradients_land_in_the_flat_gradient() -> None:
     for _ in range(2):
         flat.zero_grad()
         model(torch.randn(4, 1, 8)).pow(2).sum().backward()
-        expected = torch.cat([p.grad.reshape(-1) for p in model.parameters()])  # type: ignore[union-attr]
+        expected = torch.cat([cast(torch.Tensor, p.grad).reshape(-1) for p in model.parameters()])
         assert torch.equal(flat.param_grad, expected)
         assert flat.param_grad.abs().sum() > 0
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from flatmath.local_steps import EntropySGD, entropy_sgd_inner, momentum_step_
+from flatmath.local_steps import EntropySGD, GradFn, entropy_sgd_inner, momentum_step_
 
 T = torch.tensor
 
@@ -49,7 +49,7 @@ def test_momentum_step_matches_torch_sgd() -> None:
         assert torch.allclose(w, p.detach(), atol=1e-12)
 
 
-def quadratic(a: float, w_star: float):  # type: ignore[no-untyped-def]
+def quadratic(a: float, w_star: float) -> GradFn:
     """L(w') = a/2 (w' − w*)², its gradient and loss as a GradFn."""
 
     def grad_fn(w: torch.Tensor) -> tuple[torch.Tensor, float]:

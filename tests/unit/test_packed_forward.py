@@ -5,6 +5,9 @@ packed forward on the stacked weights must give each copy's logits, each copy's
 gradient (one backward of the summed losses) and BatchNorm's running statistics.
 """
 
+from collections.abc import Callable, Sequence
+from typing import cast
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -53,9 +56,9 @@ MODELS = {
 }
 
 
-def copies(make: object) -> list[nn.Module]:
+def copies(make: Callable[[], nn.Module]) -> list[nn.Module]:
     torch.manual_seed(0)
-    models = [make() for _ in range(P)]  # type: ignore[operator]
+    models = [make() for _ in range(P)]
     for model in models:  # non-trivial running statistics, different per copy
         for name, buffer in model.named_buffers():
             if buffer.is_floating_point():
@@ -63,7 +66,7 @@ def copies(make: object) -> list[nn.Module]:
     return models
 
 
-def stacked(models: list[nn.Module], buffers: bool) -> dict[str, Tensor]:
+def stacked(models: Sequence[nn.Module], buffers: bool) -> dict[str, Tensor]:
     named = (lambda m: m.named_buffers()) if buffers else (lambda m: m.named_parameters())
     names = [n for n, t in named(models[0]) if t.is_floating_point()]
     return {
@@ -91,7 +94,9 @@ def test_packed_forward_gives_each_replica_its_logits_gradient_and_statistics(na
         F.cross_entropy(own, y[a]).backward()
         for n, param in model.named_parameters():
             assert param.grad is not None
-            torch.testing.assert_close(params[n].grad[a], param.grad, rtol=0, atol=1e-5)  # type: ignore[index]
+            torch.testing.assert_close(
+                cast(Tensor, params[n].grad)[a], param.grad, rtol=0, atol=1e-5
+            )
         for n, buffer in model.named_buffers():
             if buffer.is_floating_point():
                 torch.testing.assert_close(buffers[n][a], buffer, rtol=0, atol=1e-6)
@@ -137,7 +142,7 @@ def test_image_models_leave_to_vmap(arch: str) -> None:
 
 
 class Doubling(nn.Sequential):
-    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(self, x: Tensor) -> Tensor:
         return 2 * super().forward(x)
 
 
@@ -175,8 +180,10 @@ def used_twice() -> nn.Module:
      parametrized, used_twice],
     ids=["sequential-subclass", "linear-subclass", "hook", "tied", "parametrized", "used-twice"],
 )  # fmt: skip
-def test_models_that_compute_something_else_or_share_weights_leave_to_vmap(make: object) -> None:
-    assert compile_packed(make()) is None  # type: ignore[operator]
+def test_models_that_compute_something_else_or_share_weights_leave_to_vmap(
+    make: Callable[[], nn.Module],
+) -> None:
+    assert compile_packed(make()) is None
 
 
 def test_a_global_module_hook_leaves_every_model_to_vmap() -> None:

@@ -740,10 +740,6 @@ REPO_PATH = re.compile(r"(?<![\w/.~-])((?:cluster|docker|jobs|docs)/[\w./-]*\w)"
 def docs_problems(text: str, root: Path = ROOT) -> list[str]:
     """Repository paths that docs/cluster.md names but that do not exist."""
     paths = {m.group(1) for m in REPO_PATH.finditer(text)}
-    if not (root / "jobs" / "sweep.py").exists():
-        # The sweep job is being written beside this file; once it lands, the sweep config
-        # that the docs name must exist too.
-        paths = {p for p in paths if not p.startswith("jobs/configs/sweep_")}
     return sorted(p for p in paths if not (root / p).exists())
 
 

@@ -1,0 +1,1 @@
+"""Test modules importable as `tests.deploy.*`."""
