@@ -8,6 +8,8 @@ per round, log to W&B if asked, and return the run's summary.
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +17,7 @@ import ray
 
 from cluster.actors import RayReplicaGroup, replica_resources
 from cluster.session import connect
+from cluster.stopping import RunInterrupted, StopFlag, stop_grace_s, stop_on_signals
 from coordinator.coordinator import Coordinator
 from coordinator.report import progress_line
 from coordinator.rundir import RunDir
@@ -34,9 +37,34 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
+class CoordinatorHost:
+    """The Coordinator's home on the cluster (made an actor in run()). It builds the
+    Coordinator in start(), not in its own constructor, so that an error while the run
+    opens (its directory held by another run, a config that does not match its
+    checkpoint) reaches the driver as that error, not as a dead actor."""
+
+    def start(self, config: Config, fresh: bool, job: str) -> dict[str, Any]:
+        self.coordinator = Coordinator(config, RayReplicaGroup, fresh=fresh, job=job)
+        return self.coordinator.status()
+
+    def step(self) -> dict[str, Any]:
+        return self.coordinator.step()
+
+    def finish(self) -> dict[str, Any]:
+        return self.coordinator.finish()
+
+    def stop(self, reason: str) -> int:
+        return self.coordinator.stop(reason)
+
+    def shutdown(self) -> None:
+        if hasattr(self, "coordinator"):
+            self.coordinator.shutdown()
+
+
 def run(config: Config, fresh: bool = False, say: Callable[[str], None] = _say) -> dict[str, Any]:
     """Train `config` to its last round (resuming if its run directory holds a
-    checkpoint, unless `fresh`); returns the summary."""
+    checkpoint, unless `fresh`); returns the summary. SIGTERM or SIGINT stop it at the
+    next round boundary with a checkpoint (RunInterrupted)."""
     from foundation import tracking  # wandb is imported only when logging.wandb is on
 
     where = connect()
@@ -46,24 +74,47 @@ def run(config: Config, fresh: bool = False, say: Callable[[str], None] = _say) 
         f"{config.model.arch} on {config.data.dataset}, {config.train.rounds} rounds of "
         f"K={config.algorithm.coupling_period}, on {where}"
     )
-    coordinator: Any = ray.remote(num_cpus=0)(Coordinator).remote(
-        config, RayReplicaGroup, fresh=fresh
-    )
+    job = f"{ray.get_runtime_context().get_job_id()} (driver pid {os.getpid()})"
+    host: Any = ray.remote(num_cpus=0)(CoordinatorHost).remote()
     tracker = tracking.start(config, RunDir(config.run.storage, config.run.name).path)
     try:
-        status = ray.get(coordinator.status.remote())
-        if status["resumed_from"] is not None:
-            say(f"wv: resuming from the checkpoint at round {status['resumed_from']}")
-        at = status["round"]
-        while at < config.train.rounds:
-            progress = ray.get(coordinator.step.remote())
-            say(progress_line(progress, config.train.rounds))
-            tracker.log(progress)
-            at = progress["round"]
-        summary: dict[str, Any] = ray.get(coordinator.finish.remote())
+        with stop_on_signals() as stopping:
+            status = ray.get(host.start.remote(config, fresh, job))
+            if status["resumed_from"] is not None:
+                say(f"wv: resuming from the checkpoint at round {status['resumed_from']}")
+            summary = _rounds(host, config, status["round"], stopping, say, tracker)
         tracker.finish(summary)
-        ray.get(coordinator.shutdown.remote())
+        ray.get(host.shutdown.remote())
     finally:
         tracker.finish()
-        ray.kill(coordinator)
+        ray.kill(host)
     return summary
+
+
+def _rounds(
+    host: Any, config: Config, at: int, stopping: StopFlag, say: Callable[[str], None],
+    tracker: Any,
+) -> dict[str, Any]:  # fmt: skip
+    """Step to the last round and finish, or stop politely on a signal."""
+    while at < config.train.rounds:
+        if stopping.signum is not None:
+            _stop(host, stopping.signum)
+        progress = ray.get(host.step.remote())
+        say(progress_line(progress, config.train.rounds))
+        tracker.log(progress)
+        at = progress["round"]
+    if stopping.signum is not None:
+        _stop(host, stopping.signum)
+    summary: dict[str, Any] = ray.get(host.finish.remote())
+    return summary
+
+
+def _stop(host: Any, signum: int) -> None:
+    """Checkpoint, log `stopped` and release the run directory within the grace period;
+    then end the run (RunInterrupted carries the exit status)."""
+    reason = signal.Signals(signum).name
+    try:
+        round_: int | None = ray.get(host.stop.remote(reason), timeout=stop_grace_s())
+    except ray.exceptions.GetTimeoutError:
+        round_ = None  # past the grace: the last periodic checkpoint is what resumes
+    raise RunInterrupted(signum, round_)

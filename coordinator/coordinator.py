@@ -7,31 +7,35 @@ scoping schedules, record one metrics row per replica, and every E rounds evalua
 center, the replicas and their ensemble. The replicas sit behind a ReplicaGroup
 (groups.py): in-process objects or Ray actors (cluster/actors.py), so tests step this
 class without a cluster. Every C rounds (and at the end) a checkpoint; a new Coordinator
-on the same run directory resumes from the newest good one (resume.py). The summary and
-plots are report.py's.
+on the same run directory resumes from the newest good one (resume.py). The run holds
+its directory's lease (lease.py) from its first write to its end.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
 import numpy as np
 from torch import Tensor
 
 from coordinator import checkpoint, report
+from coordinator.center import CenterRule
 from coordinator.failures import FailurePolicy
 from coordinator.groups import ReplicaGroup, ReplicaLost, RoundOutcome
+from coordinator.lease import Lease, LeaseLost
 from coordinator.resume import check_same_run, make_scopes, rescoped
 from coordinator.rundir import RunDir
-from flatmath import coupling
 from flatmath.flat import readonly_tensor
 from flatmath.scoping import Scope
 from foundation.config import Config, to_dict, to_toml
+from foundation.storage import StorageError
 from replicas.replica import RoundStats, replica_seed
 
 GroupFactory = Callable[[Config], ReplicaGroup]
+T = TypeVar("T")
 
 
 class Coordinator:
@@ -42,59 +46,93 @@ class Coordinator:
         *,
         fresh: bool = False,
         allow_changes: tuple[str, ...] = (),
+        job: str = "",
     ) -> None:
         self.config = config
         self.allow_changes = allow_changes
         self.run = RunDir(config.run.storage, config.run.name)
+        # Nothing is written here before the lease is ours (a second run fails at once).
+        self.lease = Lease(self.run.storage, job).acquire()
+        try:
+            self._prepare(group_factory, fresh)
+        except BaseException:
+            if hasattr(self, "group"):  # replicas started before the failure
+                self.group.shutdown()
+            self.lease.release()
+            raise
+
+    def _prepare(self, group_factory: GroupFactory, fresh: bool) -> None:
+        config = self.config
         if fresh:
             self.run.clear()
         self.gamma, self.rho = make_scopes(config)
         self.group = group_factory(config)
         self.round = 0
-        self.center: Tensor | None = None
-        self.sent_center: np.ndarray | None = None  # what the replicas pull toward next round
+        self.rule = CenterRule(config.algorithm.kind)
         self.rows: list[dict[str, Any]] = []
         self.evaluations: list[dict[str, Any]] = []
         self.policy = FailurePolicy(self.group.size, config.train.on_divergence)
         self.started = time.time()
+        leftovers = self.run.remove_leftovers()
+        if leftovers:
+            self.run.event("leftovers_removed", names=leftovers)
         self.resumed_from = self._resume()
         if self.resumed_from is None:
             self.run.write_text("config.toml", to_toml(config))
             self.run.event("start", replicas=self.group.size, algorithm=config.algorithm.kind)
 
     @property
+    def center(self) -> Tensor | None:
+        """The center w̄ (or EASGD's w̃) after the last round; None before the first."""
+        return self.rule.value
+
+    @property
     def done(self) -> bool:
         return self.round >= self.config.train.rounds
 
     def status(self) -> dict[str, Any]:
-        return {
-            "round": self.round,
-            "rounds": self.config.train.rounds,
-            "resumed_from": self.resumed_from,
-        }
+        rounds = self.config.train.rounds
+        return {"round": self.round, "rounds": rounds, "resumed_from": self.resumed_from}
 
     # ---- one round ---------------------------------------------------------------
 
+    def _writing(self, work: Callable[[], T]) -> T:
+        """Run `work`; a storage failure (disk full, permission lost, an object store that
+        refuses) or a lost lease stops the run with one line, good checkpoints kept."""
+        try:
+            self.lease.renew()
+            return work()
+        except (StorageError, LeaseLost) as err:
+            self._stop(err)
+
     def step(self) -> dict[str, Any]:
         """Run one round; returns a short progress record for the driver to print."""
+        return self._writing(self._step)
+
+    def _step(self) -> dict[str, Any]:
         r, gamma, rho = self.round, self.gamma.value(), self.rho.value()
         started = time.perf_counter()
-        outcomes = self.group.run_round(self.sent_center, gamma, rho)
+        outcomes = self.group.run_round(self.rule.sent, gamma, rho)
         gathered = time.perf_counter()
-        failed = self._failures(r, outcomes)
+        failed = self._failures(r + 1, outcomes)  # rounds count from 1 in every record
         good = [a for a in range(self.group.size) if a not in failed]
         stats = {a: _good(outcomes[a])[1] for a in good}
         # Read-only views of what the object store returned: summed row by row, no stacking.
         weights = [readonly_tensor(_good(outcomes[a])[0]) for a in good]
-        distances = dict(zip(good, self._update_center(weights).tolist(), strict=True))
+        alpha = self.config.algorithm.lr * self.gamma.value()
+        spread = self.rule.update(weights, alpha, self.group.num_params)
+        distances = dict(zip(good, spread.tolist(), strict=True))
         for a, reason in failed.items():
-            self._restart(r, a, reason)
+            self._restart(r + 1, a, reason)
         losses = [stats[a].train_loss for a in good]
         if r == 0:
             half_sq = float(np.mean([d * d for d in distances.values()])) / 2
             self.gamma.calibrate(float(np.mean(losses)), half_sq)
         center_s = time.perf_counter() - gathered
-        self._record(r, gamma, rho, stats, distances, failed, gathered - started, center_s)
+        lrs = [self.config.algorithm.lr * scale for scale in self.policy.lr_scale]
+        self.rows += report.metrics_rows(
+            r + 1, gamma, rho, stats, distances, failed, lrs, (gathered - started, center_s)
+        )
         self.round += 1
         self.gamma.step()
         self.rho.step()
@@ -110,7 +148,7 @@ class Coordinator:
             progress["center_test_accuracy"] = self.evaluate()["center"]["test_accuracy"]
         every = self.config.train.checkpoint_every
         if every and self.round % every == 0 and not self.done:
-            self.checkpoint()
+            self._checkpoint()
             progress["checkpoint"] = True
         return progress
 
@@ -128,76 +166,44 @@ class Coordinator:
             self._stop(error)
         return failed
 
-    def _stop(self, error: Exception) -> None:
-        """Keep what was measured, then fail the run with one clear line."""
-        self._save_metrics()
-        self.run.event("stopped", reason=str(error))
+    def _stop(self, error: Exception) -> NoReturn:
+        """Keep what was measured where storage still allows, give the run directory
+        back, then fail the run with one clear line."""
+        if not isinstance(error, LeaseLost):  # without the lease, this run writes nothing
+            with contextlib.suppress(OSError):  # the failure may be storage itself
+                self._save_metrics()
+            with contextlib.suppress(OSError):
+                self.run.event("stopped", reason=str(error), round=self.round)
+        self.lease.release()
         raise error
+
+    def stop(self, reason: str) -> int:
+        """A polite stop (SIGTERM or SIGINT at the driver): checkpoint the rounds done,
+        log `stopped`, give the run directory back. Returns the round checkpointed."""
+        try:
+            if self.round > 0 and self.round not in checkpoint.rounds(self.run):
+                self._checkpoint()
+            self.run.event("stopped", reason=reason, round=self.round)
+        finally:
+            self.shutdown()
+        return self.round
 
     def _restart(self, r: int, a: int, reason: str) -> None:
         """Replica a starts again from the new center, its data stream where it was."""
         assert self.center is not None
         seed = replica_seed(self.config.run.seed, a)
         self.group.replace(a, self.policy.restart_state(a, reason, self.center, seed))
-        self.run.event(
-            "replica_restarted", round=r, replica=a, reason=reason,
-            lr_scale=self.policy.lr_scale[a],
-        )  # fmt: skip
-
-    def _update_center(self, weights: list[Tensor]) -> Tensor:
-        """New center from the gathered weights; returns ‖w^a − center‖ per replica."""
-        p = self.group.num_params
-        if self.config.algorithm.kind == "easgd":
-            if self.center is None:  # w̃ starts at the replicas' mean
-                self.center = coupling.center(weights)
-            old = self.center.clone()
-            alpha = self.config.algorithm.lr * self.gamma.value()
-            coupling.easgd_center_update_(self.center, weights, alpha)
-            self.sent_center = old.numpy()  # each replica's half uses the same old w̃
-        else:
-            self.center = coupling.center(weights)
-            coupled = self.config.algorithm.kind in ("rsgd", "parle")
-            self.sent_center = self.center.numpy() if coupled else None
-        return coupling.squared_distances(weights, self.center[:p]).sqrt()
-
-    def _record(
-        self, r: int, gamma: float, rho: float, stats: dict[int, RoundStats],
-        distances: dict[int, float], failed: dict[int, str], round_s: float, center_s: float,
-    ) -> None:  # fmt: skip
-        for a in range(self.group.size):
-            s = stats.get(a)
-            self.rows.append({
-                "round": r, "replica": a, "train_loss": s.train_loss if s else None,
-                "distance_to_center": distances.get(a), "gamma": gamma, "rho": rho,
-                "lr": self.config.algorithm.lr * self.policy.lr_scale[a],
-                "step_seconds": s.step_seconds if s else None,
-                "coupling_seconds": s.coupling_seconds if s else None,
-                "round_seconds": round_s, "center_seconds": center_s,
-                "failure": failed.get(a), "test_accuracy": None,
-                "center_test_accuracy": None, "ensemble_test_accuracy": None,
-            })  # fmt: skip
+        lr_scale = self.policy.lr_scale[a]
+        self.run.event("replica_restarted", round=r, replica=a, reason=reason, lr_scale=lr_scale)
 
     # ---- evaluation, checkpoints, the end ----------------------------------------
 
     def evaluate(self) -> dict[str, Any]:
         """Evaluate center, replicas and their output ensemble; note it in the metrics."""
         assert self.center is not None, "evaluate after the first round"
-        results = self.group.evaluate(self.center.numpy())
-        probs = np.mean([res.pop("test_probs") for res in results], axis=0)
-        labels = results[0].pop("test_labels")
-        center = results[0].pop("center")
-        center.pop("test_probs")
-        record = {
-            "round": self.round,
-            "center": center,
-            "replicas": results,
-            "ensemble_test_accuracy": float((probs.argmax(1) == labels).mean()),
-        }
+        record = report.evaluation(self.round, self.group.evaluate(self.center.numpy()))
         self.evaluations.append(record)
-        for row in self.rows[-self.group.size :]:
-            row["test_accuracy"] = results[row["replica"]]["test_accuracy"]
-            row["center_test_accuracy"] = center["test_accuracy"]
-            row["ensemble_test_accuracy"] = record["ensemble_test_accuracy"]
+        report.annotate(self.rows[-self.group.size :], record)
         self._save_metrics()
         return record
 
@@ -207,13 +213,14 @@ class Coordinator:
 
     def checkpoint(self) -> str:
         """Save all that resuming at self.round needs (metrics first: they must cover it)."""
+        return self._writing(self._checkpoint)
+
+    def _checkpoint(self) -> str:
         self._save_metrics()
-        sent = None if self.sent_center is None else readonly_tensor(self.sent_center).clone()
         state = {
             "round": self.round,
             "config": to_dict(self.config),
-            "center": self.center,
-            "sent_center": sent,
+            **self.rule.state_dict(),
             "gamma": self.gamma.state_dict(),
             "rho": self.rho.state_dict(),
             **self.policy.state_dict(),
@@ -239,9 +246,7 @@ class Coordinator:
         now = to_dict(self.config)
         check_same_run(state["config"], now, self.run.path, self.allow_changes)
         self.round = round_
-        self.center = state["center"]
-        sent = state["sent_center"]
-        self.sent_center = None if sent is None else sent.numpy()
+        self.rule.load_state_dict(state)
         self.gamma = Scope.from_state_dict(state["gamma"])
         self.rho = Scope.from_state_dict(state["rho"])
         scoping_may_change = any(k.split(".")[0] == "scoping" for k in self.allow_changes)
@@ -250,17 +255,20 @@ class Coordinator:
         self.policy.load_state_dict(state)
         self.evaluations = list(state["evaluations"])
         self.group.load_states(state["replicas"])
-        self.rows = [row for row in self.run.read_table("metrics.parquet") if row["round"] < round_]
+        self.rows = [r for r in self.run.read_table("metrics.parquet") if r["round"] <= round_]
         self.run.event("resume", round=round_)
         return round_
 
     def finish(self) -> dict[str, Any]:
         """Final evaluation (if the last round had none), checkpoint, summary.json, plots."""
+        return self._writing(self._finish)
+
+    def _finish(self) -> dict[str, Any]:
         last = self.evaluations[-1] if self.evaluations else None
         if last is None or last["round"] != self.round:
             last = self.evaluate()
         if self.round not in checkpoint.rounds(self.run):
-            self.checkpoint()
+            self._checkpoint()
         if self.center is None:
             raise RuntimeError("no round has run")
         final_rows = self.rows[-self.group.size :]
@@ -274,10 +282,15 @@ class Coordinator:
             "plots/training.png", report.training_plot(self.rows, self.evaluations)
         )
         self.run.event("finish", rounds=self.round, center_sha256=summary["center_sha256"])
+        self.lease.release()  # the run's last write: the next run may begin
         return summary
 
     def shutdown(self) -> None:
-        self.group.shutdown()
+        """Stop the replicas and give the run directory back (idempotent)."""
+        try:
+            self.group.shutdown()
+        finally:
+            self.lease.release()
 
 
 def _good(outcome: RoundOutcome) -> tuple[np.ndarray, RoundStats]:

@@ -56,6 +56,51 @@ def summary(
     }
 
 
+def metrics_rows(
+    round_: int, gamma: float, rho: float, stats: dict[int, Any], distances: dict[int, float],
+    failed: dict[int, str], lrs: list[float], seconds: tuple[float, float],
+) -> list[dict[str, Any]]:  # fmt: skip
+    """One metrics.parquet row per replica for round `round_` (counted from 1); the
+    evaluation columns stay empty until annotate() fills them."""
+    round_s, center_s = seconds
+    rows = []
+    for a, lr in enumerate(lrs):
+        s = stats.get(a)
+        rows.append({
+            "round": round_, "replica": a, "train_loss": s.train_loss if s else None,
+            "distance_to_center": distances.get(a), "gamma": gamma, "rho": rho, "lr": lr,
+            "step_seconds": s.step_seconds if s else None,
+            "coupling_seconds": s.coupling_seconds if s else None,
+            "round_seconds": round_s, "center_seconds": center_s,
+            "failure": failed.get(a), "test_accuracy": None,
+            "center_test_accuracy": None, "ensemble_test_accuracy": None,
+        })  # fmt: skip
+    return rows
+
+
+def evaluation(round_: int, results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One evaluation record from the replicas' reports (the first also reports the
+    center): the ensemble averages the replicas' output probabilities."""
+    probs = np.mean([res.pop("test_probs") for res in results], axis=0)
+    labels = results[0].pop("test_labels")
+    center = results[0].pop("center")
+    center.pop("test_probs")
+    return {
+        "round": round_,
+        "center": center,
+        "replicas": results,
+        "ensemble_test_accuracy": float((probs.argmax(1) == labels).mean()),
+    }
+
+
+def annotate(rows: list[dict[str, Any]], record: dict[str, Any]) -> None:
+    """Put an evaluation's numbers into the metrics rows of the round it followed."""
+    for row in rows:
+        row["test_accuracy"] = record["replicas"][row["replica"]]["test_accuracy"]
+        row["center_test_accuracy"] = record["center"]["test_accuracy"]
+        row["ensemble_test_accuracy"] = record["ensemble_test_accuracy"]
+
+
 def training_plot(rows: list[dict[str, Any]], evaluations: list[dict[str, Any]]) -> bytes:
     from foundation.plots import training_curves  # matplotlib only where plots are drawn
 

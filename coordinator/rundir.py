@@ -2,30 +2,62 @@
 
 It lives on any pyarrow filesystem (foundation/storage.py). Every file is replaced
 whole, atomically where the filesystem allows, so a crash at any moment leaves the
-previous complete file or the new one, never half of one. events.jsonl is rewritten
-whole rather than appended because object stores cannot append (events are few).
+previous complete file or the new one, never half of one.
+
+Events are one object each, events/<ms since epoch>-<id>.json: object stores cannot
+append, and a file rewritten whole from one process's memory would drop another
+process's records. events.jsonl is a view rebuilt from that folder after each event,
+for people and tools that read one file. metrics.parquet has a fixed, typed schema
+(METRICS_SCHEMA; docs/run-directory.md), so the tables of two runs concatenate.
 """
 
 from __future__ import annotations
 
 import json
 import time
+import uuid
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from foundation.storage import Storage
+from foundation.storage import TMP_MARK, Storage, name_problem
+
+EVENTS = "events"
+EVENTS_VIEW = "events.jsonl"
+METRICS = "metrics.parquet"
+# Everything a run writes here, and so everything --fresh may delete (nothing else).
+WRITTEN_FILES = (METRICS, EVENTS_VIEW, "summary.json", "config.toml")
+WRITTEN_DIRS = ("checkpoints", "plots", EVENTS)
+
+METRICS_SCHEMA = pa.schema([
+    pa.field("round", pa.int64(), nullable=False),
+    pa.field("replica", pa.int64(), nullable=False),
+    pa.field("train_loss", pa.float64()),
+    pa.field("distance_to_center", pa.float64()),
+    pa.field("gamma", pa.float64(), nullable=False),
+    pa.field("rho", pa.float64(), nullable=False),
+    pa.field("lr", pa.float64(), nullable=False),
+    pa.field("step_seconds", pa.float64()),
+    pa.field("coupling_seconds", pa.float64()),
+    pa.field("round_seconds", pa.float64(), nullable=False),
+    pa.field("center_seconds", pa.float64(), nullable=False),
+    pa.field("failure", pa.string()),
+    pa.field("test_accuracy", pa.float64()),
+    pa.field("center_test_accuracy", pa.float64()),
+    pa.field("ensemble_test_accuracy", pa.float64()),
+])  # fmt: skip
+"""One row per (round, replica); `round` counts 1…R like the progress lines, the
+checkpoints and the summary; a failed replica's row has `failure` and no loss."""
 
 
 class RunDir:
     def __init__(self, storage: str, name: str) -> None:
+        problem = name_problem(name)
+        if problem is not None:  # the config refuses it first; this guards other callers
+            raise ValueError(f"run name {name!r} {problem}")
         self.storage = Storage(storage).child(name)
-        try:
-            self.storage.mkdir("plots")
-        except OSError as err:
-            raise OSError(f"cannot create the run directory {self.storage}: {err}") from None
-        self._events = self._read_events()
+        self.storage.mkdir("plots")
 
     @property
     def path(self) -> str:
@@ -49,24 +81,49 @@ class RunDir:
     def read_json(self, name: str) -> Any:
         return json.loads(self.read_bytes(name))
 
-    def _read_events(self) -> list[dict[str, Any]]:
-        if not self.exists("events.jsonl"):
-            return []
-        text = self.read_bytes("events.jsonl").decode()
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    # ---- events ---------------------------------------------------------------------
 
     def event(self, kind: str, **fields: Any) -> None:
-        """Record one event (start, resume, replica_replaced, divergence, …)."""
-        self._events.append({"time": time.time(), "event": kind, **fields})
-        lines = [json.dumps(e, sort_keys=True) for e in self._events]
-        self.write_text("events.jsonl", "\n".join(lines) + "\n")
+        """Record one event (start, resume, replica_restarted, divergence, …) as its own
+        object, then rebuild the events.jsonl view."""
+        self._adopt_old_view()
+        now = time.time()
+        record = {"time": now, "event": kind, **fields}
+        name = f"{EVENTS}/{int(now * 1000):013d}-{uuid.uuid4().hex[:8]}.json"
+        self.write_text(name, json.dumps(record, sort_keys=True))
+        lines = [json.dumps(e, sort_keys=True) for e in self.events()]
+        self.write_text(EVENTS_VIEW, "\n".join(lines) + "\n")
 
     def events(self) -> list[dict[str, Any]]:
-        return list(self._events)
+        """Every event of every writer, oldest first."""
+        store = self.storage.child(EVENTS)
+        names = [n for n in store.list_files() if n.endswith(".json")]
+        if not names:
+            return self._old_view()
+        records = [json.loads(store.read_bytes(n)) for n in names]
+        return sorted(records, key=lambda e: float(e["time"]))
+
+    def _old_view(self) -> list[dict[str, Any]]:
+        """events.jsonl of a run directory written before events/ existed."""
+        if not self.exists(EVENTS_VIEW):
+            return []
+        text = self.read_bytes(EVENTS_VIEW).decode()
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def _adopt_old_view(self) -> None:
+        """Before the first event object, an older events.jsonl becomes objects too."""
+        if self.storage.child(EVENTS).list_files():
+            return
+        for i, record in enumerate(self._old_view()):
+            name = f"{EVENTS}/{int(float(record['time']) * 1000):013d}-old{i:05d}.json"
+            self.write_text(name, json.dumps(record, sort_keys=True))
+
+    # ---- metrics --------------------------------------------------------------------
 
     def write_table(self, name: str, rows: list[dict[str, Any]]) -> None:
+        schema = METRICS_SCHEMA if name == METRICS else None
         sink = pa.BufferOutputStream()
-        pq.write_table(pa.Table.from_pylist(rows), sink)
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), sink)
         self.write_bytes(name, sink.getvalue().to_pybytes())
 
     def read_table(self, name: str) -> list[dict[str, Any]]:
@@ -77,12 +134,29 @@ class RunDir:
         ).to_pylist()
         return rows
 
+    # ---- starting over, cleaning up ---------------------------------------------------
+
     def clear(self) -> None:
-        """Start over (--fresh): remove everything a previous run wrote here."""
-        for name in ("checkpoints", "plots"):
+        """Start over (--fresh): remove what a run writes here, and nothing else."""
+        for name in WRITTEN_DIRS:
             self.storage.delete_dir(name)
-        for name in ("metrics.parquet", "events.jsonl", "summary.json", "config.toml"):
-            if self.exists(name):
-                self.storage.fs.delete_file(self.storage.path(name))
+        for name in WRITTEN_FILES:
+            self.storage.delete_file(name)
         self.storage.mkdir("plots")
-        self._events = []
+
+    def remove_leftovers(self) -> list[str]:
+        """Temporary files of writes that never finished (a full disk, a killed process);
+        returns their names. Only the lease holder calls this."""
+        gone = []
+        for folder in ("", "plots", EVENTS, "checkpoints"):
+            store = self.storage.child(folder) if folder else self.storage
+            for name in store.list_files():
+                if TMP_MARK in name:
+                    store.delete_file(name)
+                    gone.append(f"{folder}/{name}".lstrip("/"))
+        checkpoints = self.storage.child("checkpoints")
+        for name in checkpoints.list_dirs():  # a checkpoint folder staged, never renamed
+            if name.startswith(TMP_MARK):
+                checkpoints.delete_dir(name)
+                gone.append(f"checkpoints/{name}")
+        return gone

@@ -24,6 +24,7 @@ from foundation.fields import (
     read_toml,
     toml_value,
 )
+from foundation.storage import name_problem
 
 ALGORITHMS: tuple[str, ...] = ("sgd", "rsgd", "esgd", "parle", "easgd")
 ENTROPY_ALGORITHMS: tuple[str, ...] = ("esgd", "parle")
@@ -197,8 +198,14 @@ def validate(config: Config) -> Config:
 
 
 def _check_combinations(config: Config) -> None:
-    """Rules that involve more than one field."""
+    """Rules that involve more than one field (and the run name's shape)."""
     algo, scoping = config.algorithm, config.scoping
+    problem = name_problem(config.run.name)
+    if problem is not None:
+        raise ConfigError(
+            f"run.name = {config.run.name!r} {problem}: it must be a plain name, "
+            "since the run directory is <run.storage>/<run.name>"
+        )
     if isinstance(scoping.gamma0, float) and scoping.gamma0 > scoping.gamma_max:
         raise ConfigError(
             f"scoping.gamma0 = {scoping.gamma0} exceeds scoping.gamma_max = {scoping.gamma_max}"

@@ -18,7 +18,7 @@ def training_curves(rows: list[dict[str, Any]], evaluations: list[dict[str, Any]
     replicas = sorted({row["replica"] for row in rows})
     for a in replicas:
         mine = [row for row in rows if row["replica"] == a]
-        rounds = [row["round"] + 1 for row in mine]
+        rounds = [row["round"] for row in mine]
         # A round a replica lost has no loss or distance: a gap in its line, not a zero.
         for ax, key in ((ax_loss, "train_loss"), (ax_dist, "distance_to_center")):
             values = [math.nan if row[key] is None else row[key] for row in mine]

@@ -18,7 +18,6 @@ from typing import Any
 from urllib.parse import urlparse
 
 from foundation.config import Config, to_dict
-from foundation.storage import Storage
 
 DEFAULT_BASE_URL = "https://api.wandb.ai"
 INIT_TIMEOUT_S = 60.0
@@ -109,8 +108,7 @@ class Tracker:
 
 def local_dir(run_path: str) -> str:
     """Where W&B writes its files: the run directory when it is local, else the cwd."""
-    storage = Storage(run_path)
-    return storage.root if storage.is_local else os.getcwd()
+    return os.path.abspath(run_path) if "://" not in run_path else os.getcwd()
 
 
 def run_id(key: str) -> str:

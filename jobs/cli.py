@@ -16,12 +16,15 @@ import ray
 
 from cluster.actors import ResourceError
 from cluster.driver import one_line
+from cluster.stopping import RunInterrupted
+from coordinator.lease import LeaseHeld
 from coordinator.resume import ResumeMismatch
 from foundation.data import DatasetError
 from foundation.fields import ConfigError
+from foundation.storage import StorageError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    ConfigError, DatasetError, ResourceError, ResumeMismatch, OSError,
+    ConfigError, DatasetError, ResourceError, ResumeMismatch, LeaseHeld, OSError,
 )  # fmt: skip
 
 
@@ -51,10 +54,19 @@ def fail(message: str, code: int) -> int:
 
 
 def guarded(body: Callable[[], int], user_errors: tuple[type[BaseException], ...] = ()) -> int:
-    """Run a command's body; bad input → exit 2, an actor's failure → exit 1, one line."""
+    """Run a command's body; bad input → exit 2 (also when an actor found it), a failure
+    while running → exit 1, a stop on SIGTERM/SIGINT → 143/130; always one line."""
+    bad_input = (*USER_ERRORS, *user_errors)
     try:
         return body()
-    except (*USER_ERRORS, *user_errors) as err:
-        return fail(str(err), 2)
-    except ray.exceptions.RayError as err:
+    except ray.exceptions.RayError as err:  # first: Ray's errors may subclass the cause's
+        cause = getattr(err, "cause", None)
+        # Storage that fails mid-run is a failed run (1), not bad input.
+        if isinstance(cause, bad_input) and not isinstance(cause, StorageError):
+            return fail(str(cause), 2)
         return fail(one_line(err), 1)
+    except bad_input as err:
+        return fail(str(err), 2)
+    except RunInterrupted as err:
+        print(f"wv: {err}", file=sys.stderr)
+        return err.exit_code

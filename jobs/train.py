@@ -16,6 +16,7 @@ import sys
 
 from cluster import driver
 from coordinator import checkpoint
+from coordinator.lease import check_free
 from coordinator.report import summary_table
 from coordinator.resume import check_same_run
 from coordinator.rundir import RunDir
@@ -40,6 +41,7 @@ def check_inputs(config: Config, fresh: bool) -> None:
     """Everything that can be checked before any actor starts."""
     Storage(config.run.storage).check_writable()
     run = RunDir(config.run.storage, config.run.name)
+    check_free(run.storage)  # another run writing here: one line naming it, exit 2
     if not fresh and checkpoint.rounds(run) and run.exists("config.toml"):
         saved = config_from_text(run.read_bytes("config.toml").decode())
         check_same_run(to_dict(saved), to_dict(config), run.path)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster.session import connect
+from coordinator.rundir import RunDir
 from foundation.config import load_config
 from foundation.data import load_dataset
 from jobs import CONFIG_DIR
@@ -145,8 +145,9 @@ def run(args: argparse.Namespace, command: str, started: float) -> int:
     load_dataset(p.dataset, plan.root)  # build the cache once, before the tasks read it
     where = connect()
     say(f"wv compare: {len(sweep)} sweep runs, then {len(final)} final runs, on {where}")
-    if args.fresh:
-        shutil.rmtree(p.storage, ignore_errors=True)
+    if args.fresh:  # only the run directories this comparison writes, nothing else there
+        for job in (*sweep, *final):
+            RunDir(p.storage, job.config.run.name).clear()
     outcome = driver.compare(
         p, sweep, steps=plan.steps, seeds=plan.seeds, extra=plan.extra, say=say
     )

@@ -22,7 +22,7 @@ def gamma0_of(sweep: Sweep, row: dict[str, Any]) -> float:
         rows = RunDir(*row["run_dir"].rsplit("/", 1)).read_table("metrics.parquet")
     except OSError:
         return math.nan
-    first = [r["gamma"] for r in rows if r["round"] == 0]
+    first = [r["gamma"] for r in rows if r["round"] == 1]
     return float(first[0]) if first else math.nan
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from foundation.config import Config, ConfigError, load_config, parse_value, to_dict
 from foundation.fields import checked_value, knob, read_toml
+from foundation.storage import name_problem
 from jobs import CONFIG_DIR
 from jobs.sweep.space import Distribution, SweepError, parse_space, raw, unknown_key
 
@@ -184,6 +185,9 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     space_table = sweep_table.pop("space", None)
     sweep = SweepConfig()
     _fill(sweep, sweep_table, "sweep")
+    problem = name_problem(sweep.name)
+    if problem is not None:  # the sweep directory is <run.storage>/<sweep.name>
+        raise SweepError(f"sweep.name = {sweep.name!r} {problem}: it must be a plain name")
     result = Sweep(sweep=sweep, base=base, space=parse_space(space_table, base), source=str(path))
     if sweep.scheduler == "pbt" and not result.mutable:
         raise SweepError(

@@ -82,7 +82,7 @@ def test_resume_ends_bit_identical_to_an_uninterrupted_run(
     assert summary["center_sha256"] == whole["center_sha256"]
     assert summary["center_test_accuracy"] == whole["center_test_accuracy"]
     assert [(r["round"], r["replica"]) for r in resumed.rows] == [
-        (r, a) for r in range(7) for a in range(2)
+        (r, a) for r in range(1, 8) for a in range(2)
     ]
     assert [e["event"] for e in resumed.run.events()].count("resume") == 1
 
@@ -103,9 +103,9 @@ def test_a_lost_replica_is_replaced_from_the_center_and_the_run_completes(
     summary = finish(coordinator)
     assert summary["rounds"] == 5
     events = [e for e in coordinator.run.events() if e["event"] == "replica_restarted"]
-    assert [(e["round"], e["replica"]) for e in events] == [(2, 1)]
+    assert [(e["round"], e["replica"]) for e in events] == [(3, 1)]  # the third round
     assert "lost" in events[0]["reason"]
-    failed_row = next(r for r in coordinator.rows if r["round"] == 2 and r["replica"] == 1)
+    failed_row = next(r for r in coordinator.rows if r["round"] == 3 and r["replica"] == 1)
     assert failed_row["train_loss"] is None and "injected" in failed_row["failure"]
 
 
@@ -119,8 +119,8 @@ def test_divergence_restart_halves_the_lr_and_goes_on(make_config: ConfigFactory
     kinds = [e["event"] for e in coordinator.run.events()]
     assert "divergence" in kinds and "replica_restarted" in kinds
     lrs = {(r["round"], r["replica"]): r["lr"] for r in coordinator.rows}
-    assert lrs[(0, 0)] == pytest.approx(0.1) and lrs[(2, 0)] == pytest.approx(0.05)
-    assert lrs[(2, 1)] == pytest.approx(0.1)
+    assert lrs[(1, 0)] == pytest.approx(0.1) and lrs[(3, 0)] == pytest.approx(0.05)
+    assert lrs[(3, 1)] == pytest.approx(0.1)
     assert cast(LocalGroup, coordinator.group).replicas[0].lr_scale == 0.5
 
 
@@ -130,7 +130,7 @@ def test_a_replica_that_keeps_failing_stops_the_run(make_config: ConfigFactory) 
     with pytest.raises(RunFailed, match="replica 1 failed 3 rounds in a row"):
         finish(coordinator)
     everyone = {(a, 0): "raise" for a in range(2)}
-    with pytest.raises(RunFailed, match="every replica failed in round 0"):
+    with pytest.raises(RunFailed, match="every replica failed in round 1"):
         Coordinator(make_config(name="all"), faulty(everyone)).step()
 
 
@@ -157,6 +157,7 @@ def test_resume_refuses_a_different_run_and_fresh_starts_over(make_config: Confi
         Coordinator(make_config("algorithm.lr=0.2", name="same"), LocalGroup)
     longer = Coordinator(make_config("train.rounds=6", name="same"), LocalGroup)
     assert longer.resumed_from == 4  # training longer is a resume, not a new run
+    longer.shutdown()  # one writer at a time: its lease goes with it
     fresh = Coordinator(make_config("algorithm.lr=0.2", name="same"), LocalGroup, fresh=True)
     assert fresh.resumed_from is None and fresh.round == 0
     assert [e["event"] for e in fresh.run.events()] == ["start"]

@@ -3,12 +3,14 @@
 import json
 import os
 import socket
+import time
 from collections.abc import Iterator
 
 import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
+from coordinator import lease
 from coordinator.coordinator import Coordinator
 from coordinator.groups import LocalGroup
 from foundation.storage import Storage
@@ -39,8 +41,10 @@ def s3_endpoint() -> Iterator[str]:
 
 
 def test_a_run_on_s3_checkpoints_and_resumes_exactly(
-    make_config: ConfigFactory, s3_endpoint: str
+    make_config: ConfigFactory, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(lease, "SETTLE_S", 0.05)
+    monkeypatch.setattr(lease, "STALE_AFTER_S", 1.0)
     storage = f"s3://wv-test/runs?endpoint_override={s3_endpoint}&scheme=http&region=us-east-1"
     sets = ["train.rounds=4", "train.checkpoint_every=2"]
     local = Coordinator(make_config(*sets, name="local"), LocalGroup)
@@ -52,6 +56,10 @@ def test_a_run_on_s3_checkpoints_and_resumes_exactly(
     for _ in range(3):
         first.step()
     del first  # the driver dies after round 3; the checkpoint of round 2 is on S3
+    # Its lease stays behind on S3 (no lock there), so a rerun at once is refused...
+    with pytest.raises(lease.LeaseHeld, match=r"remote is being written by pid \d+"):
+        Coordinator(make_config(*sets, f"run.storage={storage}", name="remote"), LocalGroup)
+    time.sleep(1.2)  # ...until the lease is stale, then taken over
     again = Coordinator(make_config(*sets, f"run.storage={storage}", name="remote"), LocalGroup)
     assert again.resumed_from == 2
     while not again.done:

@@ -79,7 +79,7 @@ def test_a_replica_killed_with_ray_kill_is_replaced(make_config: ConfigFactory) 
     summary = run_with(coordinator, {2: lambda: ray.kill(group.actors[1])})
     assert summary["rounds"] == 5
     [(round_, replica, reason)] = restarted(coordinator)
-    assert (round_, replica) == (2, 1) and "actor died" in reason
+    assert (round_, replica) == (3, 1) and "actor died" in reason
 
 
 def test_a_replica_process_killed_with_sigkill_is_replaced(make_config: ConfigFactory) -> None:
@@ -89,7 +89,7 @@ def test_a_replica_process_killed_with_sigkill_is_replaced(make_config: ConfigFa
     old_pids = group.pids()
     summary = run_with(coordinator, {3: lambda: os.kill(old_pids[0], signal.SIGKILL)})
     assert summary["rounds"] == 5
-    assert [(r, a) for r, a, _ in restarted(coordinator)] == [(3, 0)]
+    assert [(r, a) for r, a, _ in restarted(coordinator)] == [(4, 0)]
 
 
 def test_a_hung_replica_is_replaced_after_the_round_timeout(
@@ -103,13 +103,13 @@ def test_a_hung_replica_is_replaced_after_the_round_timeout(
     summary = run_with(coordinator, {1: flag.touch})
     assert summary["rounds"] == 4 and time.perf_counter() - started < 120
     [(round_, replica, reason)] = restarted(coordinator)
-    assert (round_, replica) == (1, 1) and "no result within 5 s" in reason
+    assert (round_, replica) == (2, 1) and "no result within 5 s" in reason
 
 
 def test_nan_at_a_chosen_round_stops_or_restarts(make_config: ConfigFactory) -> None:
     group = functools.partial(RayReplicaGroup, replica_cls=NanReplica)
     stopping = Coordinator(make_config("train.rounds=5", name="nan-stop"), group)
-    with pytest.raises(DivergenceError, match="replica 0 diverged in round 2"):
+    with pytest.raises(DivergenceError, match="replica 0 diverged in round 3"):
         run_with(stopping, {})
     restarting = Coordinator(
         make_config("train.rounds=5", "train.on_divergence=restart", name="nan-go"), group
@@ -117,4 +117,4 @@ def test_nan_at_a_chosen_round_stops_or_restarts(make_config: ConfigFactory) -> 
     summary = run_with(restarting, {})
     assert summary["rounds"] == 5
     [(round_, replica, reason)] = restarted(restarting)
-    assert (round_, replica) == (2, 0) and reason.startswith("diverged")
+    assert (round_, replica) == (3, 0) and reason.startswith("diverged")

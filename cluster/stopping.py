@@ -1,0 +1,66 @@
+"""A polite stop: SIGTERM (what `ray job stop`, Kubernetes and process managers send) and
+SIGINT (Ctrl-C) end a run at the next round boundary, with a checkpoint.
+
+The first signal only sets a flag: the driver finishes the round in flight, asks the
+Coordinator to checkpoint, log `stopped` and release the run directory, and exits with
+128 + the signal's number (143 for SIGTERM, 130 for SIGINT). A second signal stops at
+once (Python's KeyboardInterrupt). `ray job stop` sends SIGKILL RAY_JOB_STOP_WAIT_TIME_S
+seconds (3 by default) after SIGTERM, so the round in flight and the checkpoint must fit
+in that; raise it for large models (docs/reliability.md).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+STOP_GRACE_S = 2.5  # inside `ray job stop`'s default 3 s before its SIGKILL
+
+
+def stop_grace_s() -> float:
+    """Seconds the driver gives a polite stop: half a second less than `ray job stop`
+    waits before its SIGKILL (RAY_JOB_STOP_WAIT_TIME_S reaches the job's environment
+    when set in its runtime env), else STOP_GRACE_S."""
+    wait = os.environ.get("RAY_JOB_STOP_WAIT_TIME_S")
+    return max(1.0, float(wait) - 0.5) if wait and wait.isdigit() else STOP_GRACE_S
+
+
+class RunInterrupted(Exception):
+    """The run stopped on a signal after a checkpoint; resubmitting resumes it."""
+
+    def __init__(self, signum: int, round_: int | None) -> None:
+        name = signal.Signals(signum).name
+        saved = (
+            f"after round {round_}, checkpointed" if round_ is not None
+            else "without a new checkpoint (the last periodic one resumes)"
+        )  # fmt: skip
+        super().__init__(f"stopped by {name} {saved}; run the same command again to resume")
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+
+class StopFlag:
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is not None:  # the second one: stop now
+            raise KeyboardInterrupt
+        self.signum = signum
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[StopFlag]:
+    """Handle SIGTERM and SIGINT inside the block (replacing Ray's own SIGTERM handler,
+    which dumps stacks and exits), and restore the previous handlers after it."""
+    flag = StopFlag()
+    previous = {s: signal.signal(s, flag._handle) for s in STOP_SIGNALS}
+    try:
+        yield flag
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

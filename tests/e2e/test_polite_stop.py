@@ -1,0 +1,109 @@
+"""Tier 4: `python -m jobs.train` as an operator meets it: SIGTERM, SIGINT, two at once.
+
+SIGTERM (what `ray job stop` and Kubernetes send) and SIGINT stop a run at the next
+round with a checkpoint and a `stopped` event, exit 143 or 130, and the rerun resumes
+to the center of an uninterrupted run. Two runs started together on one run directory:
+one trains, the other fails with one line naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from coordinator.coordinator import Coordinator
+from coordinator.groups import LocalGroup
+from foundation.config import load_config
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.e2e
+SETS = ["train.rounds=160", "train.checkpoint_every=0", "train.eval_every=80"]
+
+
+def command(tmp_path: Path, *extra: str) -> list[str]:
+    sets = [*SETS, f"run.storage={tmp_path / 'runs'}", f"data.root={tmp_path / 'data'}", *extra]
+    return [sys.executable, "-m", "jobs.train", "--config", "jobs/configs/smoke.toml",
+            *[arg for item in sets for arg in ("--set", item)]]  # fmt: skip
+
+
+def start(tmp_path: Path, *extra: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["RAY_ADDRESS"] = "local"  # a private Ray, whatever else runs on this machine
+    return subprocess.Popen(
+        command(tmp_path, *extra), cwd=REPO, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def signal_at_round(proc: subprocess.Popen[str], round_: int, signum: int) -> tuple[str, str]:
+    """Wait for the progress line of `round_`, send `signum`; returns (stdout, stderr)."""
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith(f"round {round_:>5}/"):
+            proc.send_signal(signum)
+            break
+    out, err = proc.communicate(timeout=120)
+    return "".join(seen) + out, err
+
+
+def uninterrupted_sha(tmp_path: Path) -> str:
+    sets = [*SETS, f"run.storage={tmp_path / 'whole'}", f"data.root={tmp_path / 'data'}"]
+    coordinator = Coordinator(load_config(REPO / "jobs/configs/smoke.toml", sets), LocalGroup)
+    while not coordinator.done:
+        coordinator.step()
+    sha: str = coordinator.finish()["center_sha256"]
+    coordinator.shutdown()
+    return sha
+
+
+def events(tmp_path: Path) -> list[dict[str, object]]:
+    text = (tmp_path / "runs" / "smoke" / "events.jsonl").read_text()
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_sigterm_checkpoints_stops_and_the_rerun_resumes_exactly(tmp_path: Path) -> None:
+    out, err = signal_at_round(start(tmp_path), 30, signal.SIGTERM)
+    first = events(tmp_path)[-1]
+    assert first["event"] == "stopped" and first["reason"] == "SIGTERM", first
+    stopped_at = first["round"]
+    assert f"wv: stopped by SIGTERM after round {stopped_at}, checkpointed" in err, out + err
+    assert "Traceback" not in err and "SIGTERM received" not in err
+    assert (tmp_path / "runs" / "smoke" / "checkpoints" / f"round-{stopped_at:06d}").is_dir()
+
+    rerun = subprocess.run(
+        command(tmp_path), cwd=REPO, env={**os.environ, "RAY_ADDRESS": "local"},
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert f"resuming from the checkpoint at round {stopped_at}" in rerun.stdout
+    assert f"center_sha256 {uninterrupted_sha(tmp_path)}" in rerun.stdout
+
+
+def test_two_runs_started_together_one_trains_one_fails_and_sigint_stops_the_first(
+    tmp_path: Path,
+) -> None:
+    long = "train.rounds=5000"  # still running when it is signalled
+    procs = [start(tmp_path, long), start(tmp_path, long)]
+    deadline = time.monotonic() + 240
+    while all(p.poll() is None for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    loser = next(p for p in procs if p.poll() is not None)
+    winner = next(p for p in procs if p is not loser)
+    _, loser_err = loser.communicate(timeout=60)
+    assert loser.returncode == 2, loser_err
+    lines = [line for line in loser_err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "smoke is being written by job" in lines[0], loser_err
+    out, err = signal_at_round(winner, 20, signal.SIGINT)  # Ctrl-C
+    assert winner.returncode == 130, out + err
+    kinds = [e["event"] for e in events(tmp_path)]
+    assert kinds.count("start") == 1 and "resume" not in kinds
+    assert events(tmp_path)[-1]["reason"] == "SIGINT"
