@@ -18,6 +18,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from coordinator.groups import ReplicaLost, RoundOutcome, as_list, layout, locate, unpack
 from foundation.config import Config
+from foundation.ingredients import Ingredients
 from replicas.packed import PackedReplicas
 from replicas.replica import Replica
 
@@ -67,8 +68,12 @@ class RayReplicaGroup:
         config: Config,
         replica_cls: type[Replica] = Replica,
         placement: tuple[PlacementGroup, int] | None = None,
+        parts: Ingredients | None = None,
     ) -> None:
         self.config = config
+        # Given parts (the Python API's objects) go to the object store once; None: each
+        # replica resolves the config's names (import paths) on its own node.
+        self.parts = None if parts is None else ray.put(parts)
         self.replica_cls = replica_cls  # tests pass a subclass that injects faults
         self.units_of = layout(config)
         self.packed = config.resources.replicas_per_actor > 1
@@ -101,11 +106,11 @@ class RayReplicaGroup:
             packed = ray.remote(PackedReplicas).options(
                 num_cpus=cpus, num_gpus=gpus, scheduling_strategy=strategy
             )
-            return packed.remote(self.units_of[u], self.config, device, threads)
+            return packed.remote(self.units_of[u], self.config, device, threads, parts=self.parts)
         single = ray.remote(self.replica_cls).options(
             num_cpus=cpus, num_gpus=gpus, scheduling_strategy=strategy
         )
-        return single.remote(self.units_of[u][0], self.config, device, threads)
+        return single.remote(self.units_of[u][0], self.config, device, threads, parts=self.parts)
 
     def run_round(self, center: np.ndarray | None, gamma: float, rho: float) -> list[RoundOutcome]:
         shared = self._share(center)

@@ -8,6 +8,7 @@ per round, log to W&B if asked, and return the run's summary.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 from collections.abc import Callable
@@ -18,10 +19,12 @@ import ray
 from cluster.actors import RayReplicaGroup, replica_resources
 from cluster.session import connect
 from cluster.stopping import RunInterrupted, StopFlag, stop_grace_s, stop_on_signals
+from cluster.validate import check_parts, on_remote_cluster
 from coordinator.coordinator import Coordinator
 from coordinator.report import progress_line
 from coordinator.rundir import RunDir
 from foundation.config import Config
+from foundation.ingredients import Ingredients
 
 
 def one_line(err: ray.exceptions.RayError) -> str:
@@ -43,8 +46,11 @@ class CoordinatorHost:
     opens (its directory held by another run, a config that does not match its
     checkpoint) reaches the driver as that error, not as a dead actor."""
 
-    def start(self, config: Config, fresh: bool, job: str) -> dict[str, Any]:
-        self.coordinator = Coordinator(config, RayReplicaGroup, fresh=fresh, job=job)
+    def start(
+        self, config: Config, fresh: bool, job: str, parts: Ingredients | None = None
+    ) -> dict[str, Any]:
+        group = functools.partial(RayReplicaGroup, parts=parts)
+        self.coordinator = Coordinator(config, group, fresh=fresh, job=job, parts=parts)
         return self.coordinator.status()
 
     def step(self) -> dict[str, Any]:
@@ -61,7 +67,10 @@ class CoordinatorHost:
             self.coordinator.shutdown()
 
 
-def run(config: Config, fresh: bool = False, say: Callable[[str], None] = _say) -> dict[str, Any]:
+def run(
+    config: Config, fresh: bool = False, say: Callable[[str], None] = _say,
+    parts: Ingredients | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """Train `config` to its last round (resuming if its run directory holds a
     checkpoint, unless `fresh`); returns the summary. SIGTERM or SIGINT stop it at the
     next round boundary with a checkpoint (RunInterrupted)."""
@@ -69,6 +78,8 @@ def run(config: Config, fresh: bool = False, say: Callable[[str], None] = _say) 
 
     where = connect()
     replica_resources(config, ray.cluster_resources())  # fail before any actor starts
+    if on_remote_cluster():
+        check_parts(config, parts, remote=True)
     say(
         f"wv: {config.algorithm.kind} with {config.algorithm.replicas} replicas of "
         f"{config.model.arch} on {config.data.dataset}, {config.train.rounds} rounds of "
@@ -79,7 +90,7 @@ def run(config: Config, fresh: bool = False, say: Callable[[str], None] = _say) 
     tracker = tracking.start(config, RunDir(config.run.storage, config.run.name).path)
     try:
         with stop_on_signals() as stopping:
-            status = ray.get(host.start.remote(config, fresh, job))
+            status = ray.get(host.start.remote(config, fresh, job, parts))
             if status["resumed_from"] is not None:
                 say(f"wv: resuming from the checkpoint at round {status['resumed_from']}")
             summary = _rounds(host, config, status["round"], stopping, say, tracker)

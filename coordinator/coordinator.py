@@ -21,16 +21,17 @@ from typing import Any, NoReturn, TypeVar
 import numpy as np
 from torch import Tensor
 
-from coordinator import checkpoint, report
+from coordinator import checkpoint, report, snapshot
 from coordinator.center import CenterRule
+from coordinator.ensemble import annotate, evaluation, headline
 from coordinator.failures import FailurePolicy
 from coordinator.groups import ReplicaGroup, ReplicaLost, RoundOutcome
 from coordinator.lease import Lease, LeaseLost
-from coordinator.resume import check_same_run, make_scopes, rescoped
+from coordinator.resume import make_scopes
 from coordinator.rundir import RunDir
 from flatmath.flat import readonly_tensor
-from flatmath.scoping import Scope
-from foundation.config import Config, to_dict, to_toml
+from foundation.config import Config, to_toml
+from foundation.ingredients import Ingredients
 from foundation.storage import StorageError
 from replicas.replica import RoundStats, replica_seed
 
@@ -47,8 +48,10 @@ class Coordinator:
         fresh: bool = False,
         allow_changes: tuple[str, ...] = (),
         job: str = "",
+        parts: Ingredients | None = None,
     ) -> None:
         self.config = config
+        self.parts = parts if parts is not None else Ingredients.from_config(config)
         self.allow_changes = allow_changes
         self.run = RunDir(config.run.storage, config.run.name)
         # Nothing is written here before the lease is ours (a second run fails at once).
@@ -76,7 +79,7 @@ class Coordinator:
         leftovers = self.run.remove_leftovers()
         if leftovers:
             self.run.event("leftovers_removed", names=leftovers)
-        self.resumed_from = self._resume()
+        self.resumed_from = snapshot.restore(self)
         if self.resumed_from is None:
             self.run.write_text("config.toml", to_toml(config))
             self.run.event("start", replicas=self.group.size, algorithm=config.algorithm.kind)
@@ -145,7 +148,9 @@ class Coordinator:
             "failed": sorted(failed),
         }
         if self.round % self.config.train.eval_every == 0 or self.done:
-            progress["center_test_accuracy"] = self.evaluate()["center"]["test_accuracy"]
+            name, _ = headline(self.parts)
+            center = self.evaluate()["center"]
+            progress |= {"headline": name, name: center[name.removeprefix("center_")]}
         every = self.config.train.checkpoint_every
         if every and self.round % every == 0 and not self.done:
             self._checkpoint()
@@ -201,9 +206,10 @@ class Coordinator:
     def evaluate(self) -> dict[str, Any]:
         """Evaluate center, replicas and their output ensemble; note it in the metrics."""
         assert self.center is not None, "evaluate after the first round"
-        record = report.evaluation(self.round, self.group.evaluate(self.center.numpy()))
+        results = self.group.evaluate(self.center.numpy())
+        record = evaluation(self.round, results, self.parts)
         self.evaluations.append(record)
-        report.annotate(self.rows[-self.group.size :], record)
+        annotate(self.rows[-self.group.size :], record)
         self._save_metrics()
         return record
 
@@ -217,47 +223,10 @@ class Coordinator:
 
     def _checkpoint(self) -> str:
         self._save_metrics()
-        state = {
-            "round": self.round,
-            "config": to_dict(self.config),
-            **self.rule.state_dict(),
-            "gamma": self.gamma.state_dict(),
-            "rho": self.rho.state_dict(),
-            **self.policy.state_dict(),
-            "evaluations": self.evaluations,
-            "replicas": self.group.states(),
-        }
-        where = checkpoint.save(
-            self.run, self.round, state, keep=self.config.train.keep_checkpoints
-        )
+        keep = self.config.train.keep_checkpoints
+        where = checkpoint.save(self.run, self.round, snapshot.capture(self), keep=keep)
         self.run.event("checkpoint", round=self.round)
         return where
-
-    def _resume(self) -> int | None:
-        """Continue from the newest good checkpoint, if there is one; returns its round."""
-
-        def corrupt(round_: int, why: str) -> None:
-            self.run.event("checkpoint_skipped", round=round_, reason=why)
-
-        found = checkpoint.load_latest(self.run, on_corrupt=corrupt)
-        if found is None:
-            return None
-        round_, state = found
-        now = to_dict(self.config)
-        check_same_run(state["config"], now, self.run.path, self.allow_changes)
-        self.round = round_
-        self.rule.load_state_dict(state)
-        self.gamma = Scope.from_state_dict(state["gamma"])
-        self.rho = Scope.from_state_dict(state["rho"])
-        scoping_may_change = any(k.split(".")[0] == "scoping" for k in self.allow_changes)
-        if scoping_may_change and state["config"]["scoping"] != now["scoping"]:
-            self.gamma, self.rho = rescoped(self.config, self.gamma, self.rho)
-        self.policy.load_state_dict(state)
-        self.evaluations = list(state["evaluations"])
-        self.group.load_states(state["replicas"])
-        self.rows = [r for r in self.run.read_table("metrics.parquet") if r["round"] <= round_]
-        self.run.event("resume", round=round_)
-        return round_
 
     def finish(self) -> dict[str, Any]:
         """Final evaluation (if the last round had none), checkpoint, summary.json, plots."""
@@ -273,7 +242,13 @@ class Coordinator:
             raise RuntimeError("no round has run")
         final_rows = self.rows[-self.group.size :]
         summary = report.summary(
-            self.config, self.round, last, final_rows, self.center, self.group.num_params
+            self.config,
+            self.round,
+            last,
+            final_rows,
+            self.center,
+            self.group.num_params,
+            self.parts,
         )
         summary["resumed_from"] = self.resumed_from
         summary["wall_seconds"] = time.time() - self.started

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from foundation.config import Config
+from foundation.ingredients import Ingredients
 from replicas.packed import PackedReplicas
 from replicas.replica import Replica, RoundStats
 
@@ -74,8 +75,9 @@ def as_list(result: Any, packed: bool) -> list[Any]:
 class LocalGroup:
     """Replicas as plain objects in this process, one unit after another."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, parts: Ingredients | None = None) -> None:
         self.config = config
+        self.parts = parts  # None: each replica resolves the config's names itself
         self.units_of = layout(config)
         self.packed = config.resources.replicas_per_actor > 1
         self.units = [self._new_unit(u) for u in range(len(self.units_of))]
@@ -85,8 +87,8 @@ class LocalGroup:
 
     def _new_unit(self, u: int) -> Any:
         if self.packed:
-            return PackedReplicas(self.units_of[u], self.config)
-        return Replica(self.units_of[u][0], self.config)
+            return PackedReplicas(self.units_of[u], self.config, parts=self.parts)
+        return Replica(self.units_of[u][0], self.config, parts=self.parts)
 
     def run_round(self, center: np.ndarray | None, gamma: float, rho: float) -> list[RoundOutcome]:
         out: list[RoundOutcome] = []

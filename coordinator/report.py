@@ -11,7 +11,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from coordinator.ensemble import EVAL_KINDS, headline
 from foundation.config import ENTROPY_ALGORITHMS, Config
+from foundation.ingredients import Ingredients
 
 
 def center_sha256(center: Tensor, num_params: int) -> str:
@@ -35,25 +37,33 @@ def summary(
     final_rows: list[dict[str, Any]],
     center: Tensor,
     num_params: int,
+    parts: Ingredients,
 ) -> dict[str, Any]:
-    """summary.json without its timing: the final evaluation `last`, the last round's rows."""
+    """summary.json without its timing: the final evaluation `last`, the last round's rows.
+    Always the losses; the accuracy (or a user metric) only when the run has one;
+    `headline` names the number the run is ranked by, `headline_mode` its direction."""
     distances = [r["distance_to_center"] for r in final_rows if r["distance_to_center"] is not None]
-    return {
+    name, mode = headline(parts)
+    out: dict[str, Any] = {
         "run": config.run.name,
         "algorithm": config.algorithm.kind,
         "replicas": len(last["replicas"]),
         "rounds": rounds,
         "gradient_evaluations_per_replica": gradient_evaluations(config, rounds),
-        "center_test_accuracy": last["center"]["test_accuracy"],
-        "center_test_loss": last["center"]["test_loss"],
-        "center_train_accuracy": last["center"]["train_accuracy"],
-        "replica_test_accuracy": [r["test_accuracy"] for r in last["replicas"]],
-        "replica_train_accuracy": [r["train_accuracy"] for r in last["replicas"]],
-        "ensemble_test_accuracy": last["ensemble_test_accuracy"],
+        "headline": name,
+        "headline_mode": mode,
         "mean_distance_to_center": float(np.mean(distances)) if distances else None,
         "final_gamma": final_rows[0]["gamma"],
         "center_sha256": center_sha256(center, num_params),
     }
+    kinds = ["loss"] + ([parts.metric_name] if parts.metric_name else [])
+    for kind in kinds:
+        out[f"center_test_{kind}"] = last["center"][f"test_{kind}"]
+        out[f"center_train_{kind}"] = last["center"][f"train_{kind}"]
+        out[f"replica_test_{kind}"] = [r[f"test_{kind}"] for r in last["replicas"]]
+        out[f"replica_train_{kind}"] = [r[f"train_{kind}"] for r in last["replicas"]]
+        out[f"ensemble_test_{kind}"] = last[f"ensemble_test_{kind}"]
+    return out
 
 
 def metrics_rows(
@@ -72,33 +82,11 @@ def metrics_rows(
             "step_seconds": s.step_seconds if s else None,
             "coupling_seconds": s.coupling_seconds if s else None,
             "round_seconds": round_s, "center_seconds": center_s,
-            "failure": failed.get(a), "test_accuracy": None,
-            "center_test_accuracy": None, "ensemble_test_accuracy": None,
+            "failure": failed.get(a),
+            **{f"{where}test_{kind}": None for kind in EVAL_KINDS
+               for where in ("", "center_", "ensemble_")},
         })  # fmt: skip
     return rows
-
-
-def evaluation(round_: int, results: list[dict[str, Any]]) -> dict[str, Any]:
-    """One evaluation record from the replicas' reports (the first also reports the
-    center): the ensemble averages the replicas' output probabilities."""
-    probs = np.mean([res.pop("test_probs") for res in results], axis=0)
-    labels = results[0].pop("test_labels")
-    center = results[0].pop("center")
-    center.pop("test_probs")
-    return {
-        "round": round_,
-        "center": center,
-        "replicas": results,
-        "ensemble_test_accuracy": float((probs.argmax(1) == labels).mean()),
-    }
-
-
-def annotate(rows: list[dict[str, Any]], record: dict[str, Any]) -> None:
-    """Put an evaluation's numbers into the metrics rows of the round it followed."""
-    for row in rows:
-        row["test_accuracy"] = record["replicas"][row["replica"]]["test_accuracy"]
-        row["center_test_accuracy"] = record["center"]["test_accuracy"]
-        row["ensemble_test_accuracy"] = record["ensemble_test_accuracy"]
 
 
 def training_plot(rows: list[dict[str, Any]], evaluations: list[dict[str, Any]]) -> bytes:
@@ -107,14 +95,18 @@ def training_plot(rows: list[dict[str, Any]], evaluations: list[dict[str, Any]])
     return training_curves(rows, evaluations)
 
 
+LABELS = {"accuracy": "acc", "loss": "loss", "metric": "metric"}
+
+
 def progress_line(p: dict[str, Any], rounds: int) -> str:
-    """One round as the driver prints it."""
+    """One round as the driver prints it (with the headline number at evaluations)."""
     line = (
         f"round {p['round']:>5}/{rounds}  γ {p['gamma']:.4g}  loss {p['mean_loss']:.4f}  "
         f"dist {p['mean_distance']:.4g}  {p['seconds'] * 1000:.0f} ms"
     )
-    if "center_test_accuracy" in p:
-        line += f"  center test acc {p['center_test_accuracy']:.4f}"
+    if "headline" in p:
+        kind = p["headline"].rsplit("_", 1)[1]
+        line += f"  center test {LABELS[kind]} {p[p['headline']]:.4f}"
     if p.get("failed"):
         line += f"  replicas {p['failed']} failed and restarted from the center"
     if p.get("checkpoint"):
@@ -123,18 +115,18 @@ def progress_line(p: dict[str, Any], rounds: int) -> str:
 
 
 def summary_table(s: dict[str, Any], run_dir: str) -> str:
-    """The final table: center, ensemble and each replica, then the run's identity."""
-    rows = [("center", s["center_test_accuracy"], s["center_train_accuracy"])]
-    rows.append(("ensemble (outputs averaged)", s["ensemble_test_accuracy"], None))
-    for a, (test, train) in enumerate(
-        zip(s["replica_test_accuracy"], s["replica_train_accuracy"], strict=True)
-    ):
-        rows.append((f"replica {a}", test, train))
-    mean = sum(s["replica_test_accuracy"]) / len(s["replica_test_accuracy"])
-    rows.append(("replica mean", mean, None))
-    lines = [f"{'model':<28} {'test acc':>9} {'train acc':>10}"]
-    for name, test, train in rows:
-        lines.append(f"{name:<28} {test:>9.4f} {'' if train is None else f'{train:.4f}':>10}")
+    """The final table of the headline kind (accuracy, a metric, or the loss): center,
+    ensemble and each replica, then the run's identity."""
+    kind = s["headline"].rsplit("_", 1)[1]
+    test, train = s[f"replica_test_{kind}"], s[f"replica_train_{kind}"]
+    rows = [("center", s[f"center_test_{kind}"], s[f"center_train_{kind}"])]
+    rows.append(("ensemble (outputs averaged)", s[f"ensemble_test_{kind}"], None))
+    rows += [(f"replica {a}", te, tr) for a, (te, tr) in enumerate(zip(test, train, strict=True))]
+    rows.append(("replica mean", sum(test) / len(test), None))
+    label = LABELS[kind]
+    lines = [f"{'model':<28} {'test ' + label:>9} {'train ' + label:>10}"]
+    for name, te, tr in rows:
+        lines.append(f"{name:<28} {te:>9.4f} {'' if tr is None else f'{tr:.4f}':>10}")
     lines.append(
         f"{s['algorithm']} · {s['replicas']} replicas · {s['rounds']} rounds · "
         f"{s['gradient_evaluations_per_replica']} gradient evaluations per replica · "

@@ -43,9 +43,8 @@ METRICS_SCHEMA = pa.schema([
     pa.field("round_seconds", pa.float64(), nullable=False),
     pa.field("center_seconds", pa.float64(), nullable=False),
     pa.field("failure", pa.string()),
-    pa.field("test_accuracy", pa.float64()),
-    pa.field("center_test_accuracy", pa.float64()),
-    pa.field("ensemble_test_accuracy", pa.float64()),
+    *[pa.field(f"{where}test_{kind}", pa.float64()) for kind in ("loss", "accuracy", "metric")
+      for where in ("", "center_", "ensemble_")],
 ])  # fmt: skip
 """One row per (round, replica); `round` counts 1…R like the progress lines, the
 checkpoints and the summary; a failed replica's row has `failure` and no loss."""

@@ -15,15 +15,19 @@ from pathlib import Path
 from typing import Any
 
 from flatmath.scoping import SCHEDULES
+from foundation.data.catalog import DATASETS
 from foundation.fields import (
     ConfigError,
     check_auto,
     check_range,
     coerce,
+    component,
     knob,
     read_toml,
     toml_value,
 )
+from foundation.models import ARCHS
+from foundation.registry import LOSS_NAMES, METRIC_NAMES
 from foundation.storage import name_problem
 
 ALGORITHMS: tuple[str, ...] = ("sgd", "rsgd", "esgd", "parle", "easgd")
@@ -42,8 +46,13 @@ class RunConfig:
 
 @dataclass(kw_only=True)
 class DataConfig:
-    dataset: str = knob("mnist1d", choices=("mnist1d", "mnist", "fashion_mnist", "cifar10"))
-    """Data set; mnist1d is generated offline, the others are downloaded once."""
+    dataset: str = component("mnist1d", DATASETS)
+    """Data set: mnist1d (generated offline), mnist, fashion_mnist, cifar10 (downloaded
+    once), or an import path `pkg.module:load` of a callable returning (train, test),
+    each an (inputs, targets) pair of tensors or a map-style torch Dataset; it runs on
+    the replicas' nodes (docs/your-model.md)."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of a user data callable (e.g. {length = 40})."""
     root: str = knob("data")
     """Cache directory for the Parquet shards (and raw downloads)."""
     batch_size: int = knob(100, lo=1, hi=65536)
@@ -55,8 +64,12 @@ class DataConfig:
 
 @dataclass(kw_only=True)
 class ModelConfig:
-    arch: str = knob("mlp", choices=("mlp", "cnn1d", "smallconvnet", "resnet18"))
-    """Network architecture (foundation/models.py)."""
+    arch: str = component("mlp", ARCHS)
+    """Network: mlp, cnn1d, smallconvnet, resnet18 (foundation/models.py), or an import
+    path `pkg.module:Net` of an nn.Module class or factory."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the model's constructor or factory (e.g. {hidden = 64});
+    input_shape and num_classes are passed too when it takes parameters of those names."""
 
 
 @dataclass(kw_only=True)
@@ -115,6 +128,13 @@ class TrainConfig:
     """C: checkpoint every C rounds (and at the end); 0 = only at the end."""
     keep_checkpoints: int = knob(3, lo=1, hi=1000)
     """How many of the newest checkpoints to keep."""
+    loss: str = component("cross_entropy", LOSS_NAMES)
+    """Training loss (outputs, targets) -> scalar mean: cross_entropy, mse, or an import
+    path `pkg.module:fn`."""
+    metric: str = component("auto", METRIC_NAMES)
+    """Reported metric (higher is better): accuracy, none, an import path
+    `pkg.module:fn` of (outputs, targets) -> batch mean, or auto (accuracy with the
+    cross_entropy loss, else none: the run reports its test loss)."""
     on_divergence: str = knob("stop", choices=("stop", "restart"))
     """NaN/inf: stop the run, or restart that replica from the center with its lr halved."""
     deterministic: bool = knob(True)

@@ -8,12 +8,15 @@ data (averaged statistics do not belong to averaged weights).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flatmath.flat import unflatten_state_
 from foundation.data import Dataset, Split
+from foundation.registry import LossFn, MetricFn, accuracy, as_float
 
 EVAL_CHUNK = 64  # evaluation forwards: 1000 ResNet-18 images at once cost ~1.3 GiB, 64 ~0.1 (P6)
 EVAL_TRAIN_SAMPLES = 10_000  # train accuracy on a fixed prefix: enough to read a gap
@@ -36,23 +39,41 @@ def recompute_batchnorm(model: nn.Module, x: Tensor, batch_size: int, batches: i
 
 
 def metrics(
-    model: nn.Module, split: Split, limit: int | None = None
-) -> tuple[float, float, Tensor]:
-    """(mean loss, accuracy, class probabilities) of a model in eval mode on a split
-    (its first `limit` rows); the model is back in train mode afterwards."""
+    model: nn.Module,
+    split: Split,
+    limit: int | None = None,
+    loss: LossFn = F.cross_entropy,
+    metric: MetricFn | None = accuracy,
+) -> tuple[float, float | None, Tensor]:
+    """(mean loss, mean metric or None, outputs) of a model in eval mode on a split (its
+    first `limit` rows), in chunks; the model is back in train mode afterwards. With the
+    cross-entropy loss the outputs are class probabilities (what an ensemble averages),
+    else the raw outputs. Cross entropy and accuracy are summed exactly per row; a
+    user's loss or metric (a batch mean) is weighted by the chunk's size."""
     model.eval()
     x, y = (split.x[:limit], split.y[:limit]) if limit else (split.x, split.y)
     device = next(model.parameters()).device
-    losses, correct, probs = 0.0, 0, []
+    total_loss, total_metric, outputs = 0.0, 0.0, []
     with torch.no_grad():
         for start in range(0, len(x), EVAL_CHUNK):
-            logits = model(x[start : start + EVAL_CHUNK].to(device))
+            out = model(x[start : start + EVAL_CHUNK].to(device))
             target = y[start : start + EVAL_CHUNK].to(device)
-            losses += float(F.cross_entropy(logits, target, reduction="sum"))
-            correct += int((logits.argmax(1) == target).sum())
-            probs.append(logits.softmax(1))
+            total_loss += _summed(loss, out, target)
+            if metric is not None:
+                total_metric += _summed(metric, out, target)
+            outputs.append(out.softmax(1) if loss is F.cross_entropy else out)
     model.train()
-    return losses / len(x), correct / len(x), torch.cat(probs)
+    mean_metric = total_metric / len(x) if metric is not None else None
+    return total_loss / len(x), mean_metric, torch.cat(outputs)
+
+
+def _summed(fn: Callable[[Tensor, Tensor], Tensor | float], out: Tensor, target: Tensor) -> float:
+    """The sum over the chunk's rows of a batch-mean function."""
+    if fn is F.cross_entropy:
+        return float(F.cross_entropy(out, target, reduction="sum"))
+    if fn is accuracy:
+        return float((out.argmax(1) == target).sum())
+    return as_float(fn(out, target)) * len(target)
 
 
 def load_vector_(

@@ -8,6 +8,7 @@ fails with one line naming the key and what is allowed (ConfigError).
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 from dataclasses import Field, field
 from pathlib import Path
@@ -31,6 +32,15 @@ def knob(
     return field(default=default, metadata=meta)
 
 
+IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+"""`package.module:attribute`, the form of entry points."""
+
+
+def component(default: str, builtins: tuple[str, ...]) -> Any:
+    """A field naming a built-in (one of `builtins`) or user code (`pkg.module:attr`)."""
+    return field(default=default, metadata={"builtins": builtins})
+
+
 def checked_value(key: str, value: Any, f: Field[Any]) -> Any:
     """`value` for field `f` (named `key`): coerced to its declared type, range-checked."""
     value = coerce(key, value, str(f.type))
@@ -42,6 +52,10 @@ def checked_value(key: str, value: Any, f: Field[Any]) -> Any:
 
 def coerce(key: str, value: Any, declared: str) -> Any:
     """Check a value against its field's declared type; an int is fine where a float is."""
+    if declared.startswith("dict"):
+        if isinstance(value, dict):
+            return value
+        raise ConfigError(f"{key} must be a table of keyword arguments, e.g. {{hidden = 64}}")
     allowed = {part.strip() for part in declared.split("|")}
     if "bool" in allowed or isinstance(value, bool):
         if "bool" in allowed and isinstance(value, bool):
@@ -61,6 +75,12 @@ def coerce(key: str, value: Any, declared: str) -> Any:
 
 
 def check_range(key: str, value: Any, meta: Any) -> None:
+    builtins = meta.get("builtins")
+    if builtins is not None and value not in builtins and not IMPORT_PATH.match(str(value)):
+        raise ConfigError(
+            f"{key} = {value!r} is not one of {', '.join(builtins)}, "
+            "nor an import path like mypkg.module:name"
+        )
     choices = meta.get("choices")
     if choices is not None and value not in choices:
         raise ConfigError(f"{key} = {value!r} is not one of {', '.join(map(str, choices))}")
@@ -107,4 +127,9 @@ def toml_value(value: Any) -> str:
         return "inf" if value > 0 else "-inf"
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, dict):  # an inline table: keys quoted, so any key round-trips
+        pairs = (f"{toml_value(str(k))} = {toml_value(v)}" for k, v in value.items())
+        return "{" + ", ".join(pairs) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     return repr(value)

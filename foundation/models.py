@@ -14,19 +14,13 @@ from torch import nn
 ARCHS: tuple[str, ...] = ("mlp", "cnn1d", "smallconvnet", "resnet18")
 
 
-def build_model(arch: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """Build a fresh model of the named architecture for inputs of input_shape."""
-    builders: dict[str, Callable[[tuple[int, ...], int], nn.Module]] = {
-        "mlp": _mlp,
-        "cnn1d": _cnn1d,
-        "smallconvnet": _small_convnet,
-        "resnet18": _resnet18,
-    }
-    if arch not in builders:
+def build_model(arch: str, input_shape: tuple[int, ...], num_classes: int | None) -> nn.Module:
+    """Build a fresh built-in model of the named architecture for inputs of input_shape."""
+    if arch not in ARCHS:
         raise ValueError(
             f"Unknown architecture {arch!r}; valid architectures are {', '.join(ARCHS)}."
         )
-    return builders[arch](tuple(input_shape), num_classes)
+    return MODELS[arch](tuple(input_shape), num_classes)
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -140,6 +134,32 @@ def _resnet18(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     return ResNet18(input_shape[0], num_classes)
 
 
+MODELS: dict[str, Callable[[tuple[int, ...], int | None], nn.Module]] = {}
+"""The built-in factories by name, each called as factory(input_shape, num_classes)."""
+
+
+def _classifier(
+    build: Callable[[tuple[int, ...], int], nn.Module],
+) -> Callable[[tuple[int, ...], int | None], nn.Module]:
+    """A built-in classifier: it needs class labels, so num_classes must be known."""
+
+    def factory(input_shape: tuple[int, ...], num_classes: int | None) -> nn.Module:
+        if num_classes is None:
+            raise ValueError("this built-in model classifies: it needs integer class labels")
+        return build(tuple(input_shape), num_classes)
+
+    factory.__qualname__ = build.__name__.lstrip("_")
+    return factory
+
+
 def _require_rank(arch: str, input_shape: tuple[int, ...], rank: int, form: str) -> None:
     if len(input_shape) != rank:
         raise ValueError(f"{arch} needs inputs of shape {form}, got {input_shape}")
+
+
+MODELS.update(
+    mlp=_classifier(_mlp),
+    cnn1d=_classifier(_cnn1d),
+    smallconvnet=_classifier(_small_convnet),
+    resnet18=_classifier(_resnet18),
+)

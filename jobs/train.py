@@ -15,6 +15,7 @@ import argparse
 import sys
 
 from cluster import driver
+from cluster.validate import check_parts, names_user_code, on_remote_cluster
 from coordinator import checkpoint
 from coordinator.lease import check_free
 from coordinator.report import summary_table
@@ -38,16 +39,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def check_inputs(config: Config, fresh: bool) -> None:
-    """Everything that can be checked before any actor starts."""
+    """Everything that can be checked before any actor starts (and before anything is
+    written): storage, a run already writing there, a resume of another config, the
+    data and, for user code, the model, data and loss together (cluster/validate.py)."""
     Storage(config.run.storage).check_writable()
-    run = RunDir(config.run.storage, config.run.name)
-    check_free(run.storage)  # another run writing here: one line naming it, exit 2
-    if not fresh and checkpoint.rounds(run) and run.exists("config.toml"):
+    run = Storage(config.run.storage).child(config.run.name)  # not created here
+    check_free(run)  # another run writing here: one line naming it, exit 2
+    if not fresh and run.exists("config.toml") and run.child(checkpoint.FOLDER).list_dirs():
         saved = config_from_text(run.read_bytes("config.toml").decode())
-        check_same_run(to_dict(saved), to_dict(config), run.path)
-    # Builds the Parquet cache once here, so the replicas only read it.
-    data = load_dataset(config.data.dataset, config.data.root)
-    check_batch_size(config, len(data.train.y))
+        check_same_run(to_dict(saved), to_dict(config), str(run))
+    if not names_user_code(config):  # builds the Parquet cache here; the replicas only read it
+        data = load_dataset(config.data.dataset, config.data.root)
+        check_batch_size(config, len(data.train.y))
+    if not on_remote_cluster():  # else the driver checks in a Ray task, once connected
+        check_parts(config, remote=False)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,7 @@ Replica, so the numbers match unpacked runs to float tolerance.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -25,6 +26,9 @@ from torch.func import functional_call, vmap
 from flatmath import coupling
 from flatmath.local_steps import entropy_sgd_inner, momentum_step_
 from foundation.config import Config
+from foundation.data import Dataset
+from foundation.fields import ConfigError
+from foundation.ingredients import Ingredients, InMemoryData
 from replicas.packed_forward import compile_packed
 from replicas.replica import Replica, RoundStats
 
@@ -37,10 +41,14 @@ class PackedReplicas:
         device: str = "cpu",
         threads: int = 0,
         force_vmap: bool = False,  # tests and P2 compare both forwards
+        parts: Ingredients | None = None,
     ) -> None:
         # One copy of the data for all members (p copies would cost p × a CIFAR-10).
-        first = Replica(indices[0], config, device, threads)
-        self.members = [first] + [Replica(i, config, device, data=first.data) for i in indices[1:]]
+        first = Replica(indices[0], config, device, threads, parts=parts)
+        self.parts = first.parts
+        self.members = [first] + [
+            Replica(i, config, device, data=first.data, parts=first.parts) for i in indices[1:]
+        ]
         self.config = config
         self.num_params = first.num_params
         self.block = torch.empty((len(indices), first.flat.flat.numel()), device=first.device)
@@ -108,8 +116,7 @@ class PackedReplicas:
         counted = [c.clone() for c in self._batch_counters[0]]
         with torch.enable_grad():
             logits = self._forward(params, buffers, x)
-            losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
-            losses = losses.view(len(self.members), -1).mean(dim=1)
+            losses = self._row_losses(logits, y)
             # A parameter that does not reach the loss gets a zero gradient, as alone.
             grads = torch.autograd.grad(
                 losses.sum(), list(params.values()), allow_unused=True, materialize_grads=True
@@ -122,6 +129,14 @@ class PackedReplicas:
             for name, view in views.items():
                 view.copy_(buffers[name])
         return losses.detach(), grad
+
+    def _row_losses(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        """Each member's minibatch loss, [p]: cross entropy over all rows at once, any
+        other loss (a batch mean, as the user wrote it) member by member."""
+        if self.parts.classifies:
+            losses = F.cross_entropy(outputs.flatten(0, 1), targets.flatten(), reduction="none")
+            return losses.view(len(self.members), -1).mean(dim=1)
+        return torch.stack([self.parts.loss(o, t) for o, t in zip(outputs, targets, strict=True)])
 
     def _count_batch(self, before: list[Tensor]) -> None:
         """Every member's BatchNorm layers saw one more batch, as in a lone replica's step.
@@ -222,3 +237,21 @@ class PackedReplicas:
 
     def load_member_state(self, row: int, state: dict[str, Any]) -> None:
         self.members[row].load_state_dict(state)
+
+
+def check_packable(parts: Ingredients, config: Config, data: Dataset) -> None:
+    """With resources.replicas_per_actor > 1, step two packed replicas once: a model that
+    neither the batched kernels nor vmap can step fails here, with one line."""
+    p = config.resources.replicas_per_actor
+    if p == 1:
+        return
+    local = dataclasses.replace(parts, data=InMemoryData(data))  # already held out
+    whole = dataclasses.replace(config, data=dataclasses.replace(config.data, validation=0.0))
+    try:
+        PackedReplicas([0, 1], whole, parts=local)._loss_and_grad()
+    except Exception as err:
+        first = (str(err).splitlines() or [""])[0]
+        raise ConfigError(
+            f"resources.replicas_per_actor = {p}: model.arch = {config.model.arch!r} cannot be "
+            f"packed ({type(err).__name__}: {first}); use resources.replicas_per_actor = 1"
+        ) from None

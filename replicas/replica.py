@@ -16,16 +16,15 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from flatmath import coupling
 from flatmath.flat import FlatModule, readonly_tensor
 from flatmath.local_steps import entropy_sgd_inner, momentum_step_
 from foundation.config import Config
-from foundation.data import Dataset, Split, held_out, load_dataset
+from foundation.data import Dataset, Split
 from foundation.evaluation import EVAL_TRAIN_SAMPLES, load_vector_, metrics
-from foundation.models import build_model
+from foundation.ingredients import Ingredients
 from replicas.stream import BatchStream
 
 
@@ -53,6 +52,7 @@ class Replica:
         device: str = "cpu",
         threads: int = 0,
         data: Dataset | None = None,  # the run's data on `device`, shared (packed members)
+        parts: Ingredients | None = None,  # model, data, loss, metric; else from the config
     ) -> None:
         if threads > 0:
             torch.set_num_threads(threads)
@@ -65,6 +65,8 @@ class Replica:
             # ones (warn_only: an op without a deterministic kernel warns, not fails).
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.seed = replica_seed(config.run.seed, index)
+        # Import paths are resolved here, on this replica's node.
+        self.parts = parts if parts is not None else Ingredients.from_config(config)
         self.data = data if data is not None else self._load_data()
         self.model = self._new_model(seed=self.seed)
         self.flat = FlatModule(self.model)
@@ -77,8 +79,7 @@ class Replica:
         self.lr_scale = 1.0  # halved each time this replica is restarted after diverging
 
     def _load_data(self) -> Dataset:
-        config = self.config
-        data = held_out(load_dataset(config.data.dataset, config.data.root), config.data.validation)
+        data = self.parts.load_data(self.config)
         return Dataset(
             name=data.name,
             train=Split(data.train.x.to(self.device), data.train.y.to(self.device)),
@@ -88,12 +89,7 @@ class Replica:
         )
 
     def _new_model(self, seed: int) -> torch.nn.Module:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = build_model(
-                self.config.model.arch, self.data.input_shape, self.data.num_classes
-            )
-        return model.to(self.device).train()
+        return self.parts.new_model(self.data, seed).to(self.device).train()
 
     def ready(self) -> int:
         """A cheap call that returns once the constructor has finished (data loaded)."""
@@ -188,7 +184,7 @@ class Replica:
         x, y = self.stream.next()
         self.flat.zero_grad()
         with torch.enable_grad():  # the Entropy-SGD loop calls this from inside no_grad
-            loss = F.cross_entropy(self.model(x), y)
+            loss = self.parts.loss(self.model(x), y)
             loss.backward()
         return loss.detach()
 
@@ -238,8 +234,9 @@ class Replica:
     # ---- evaluation --------------------------------------------------------------
 
     def evaluate(self, center: np.ndarray | None = None) -> dict[str, Any]:
-        """This replica's train/test metrics and test probabilities; with a center, the
-        center's too (parameters and buffers loaded, BatchNorm statistics recomputed)."""
+        """This replica's train/test loss and metric and its test outputs; with a center,
+        the center's too (parameters and buffers loaded, BatchNorm statistics recomputed)
+        and the test targets (for the ensemble)."""
         result = self._report(self.model)
         if center is not None:
             scratch = self._new_model(seed=0)
@@ -247,16 +244,19 @@ class Replica:
             load_vector_(scratch, readonly_tensor(center), self.data, center=True,
                          batch_size=batch, bn_batches=batches)  # fmt: skip
             result["center"] = self._report(scratch)
-            result["test_labels"] = self.data.test.y.cpu().numpy()
+            result["test_targets"] = self.data.test.y.cpu().numpy()
         return result
 
     def _report(self, model: torch.nn.Module) -> dict[str, Any]:
-        test_loss, test_acc, probs = metrics(model, self.data.test)
-        train_loss, train_acc, _ = metrics(model, self.data.train, EVAL_TRAIN_SAMPLES)
-        return {
-            "test_loss": test_loss,
-            "test_accuracy": test_acc,
-            "train_loss": train_loss,
-            "train_accuracy": train_acc,
-            "test_probs": probs.cpu().numpy(),
-        }
+        """Loss and metric on test and on a prefix of train, named as the run reports
+        them (test_accuracy with the accuracy metric, test_metric with a user's)."""
+        loss, metric, name = self.parts.loss, self.parts.metric, self.parts.metric_name
+        test_loss, test_metric, outputs = metrics(model, self.data.test, None, loss, metric)
+        train_loss, train_metric, _ = metrics(
+            model, self.data.train, EVAL_TRAIN_SAMPLES, loss, metric
+        )
+        report = {"test_loss": test_loss, "train_loss": train_loss,
+                  "test_outputs": outputs.cpu().numpy()}  # fmt: skip
+        if name is not None:
+            report |= {f"test_{name}": test_metric, f"train_{name}": train_metric}
+        return report

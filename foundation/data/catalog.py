@@ -39,9 +39,9 @@ class DatasetError(ValueError):
 @dataclass(frozen=True)
 class Split:
     x: torch.Tensor
-    """Inputs, float32 [N, *input_shape], already normalized."""
+    """Inputs [N, *input_shape] (float32 for the built-in data sets, already normalized)."""
     y: torch.Tensor
-    """Class labels, int64 [N]."""
+    """Targets [N, ...]: int64 class labels for classification, any dtype otherwise."""
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,8 @@ class Dataset:
     train: Split
     test: Split
     input_shape: tuple[int, ...]
-    num_classes: int
+    num_classes: int | None
+    """Classes when the targets are integer labels; None for other targets (regression)."""
 
 
 # Raw data of one split before normalization: x [N, prod(input_shape)], y int64 [N].

@@ -74,6 +74,7 @@ def measure(
     training = model.training
     test_loss, test_accuracy, _ = metrics(model, data.test)
     model.train(training)  # metrics leaves it in train mode; the model came in eval mode
+    assert test_accuracy is not None  # the default metric is accuracy
     seconds["accuracy"] = time.perf_counter() - started
 
     energy = _local_energies(model, xs, settings, seconds, say)

@@ -112,21 +112,21 @@ def test_packed_rows_are_the_members_weights(make_config: ConfigFactory) -> None
 
 
 class WithUnusedLayer(nn.Module):
-    def __init__(self, inputs: int, classes: int) -> None:
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int) -> None:
         super().__init__()
-        self.used, self.unused = nn.Linear(inputs, classes), nn.Linear(3, 3)
+        self.used, self.unused = nn.Linear(input_shape[0], num_classes), nn.Linear(3, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.used(x)
 
 
 def test_a_parameter_that_never_reaches_the_loss_gets_a_zero_gradient(
-    make_config: ConfigFactory, monkeypatch: pytest.MonkeyPatch
+    make_config: ConfigFactory,
 ) -> None:
-    monkeypatch.setattr(
-        "replicas.replica.build_model", lambda arch, shape, n: WithUnusedLayer(shape[0], n)
-    )
-    config = make_config("algorithm.coupling_period=2", "algorithm.weight_decay=0")
+    config = make_config(
+        "algorithm.coupling_period=2", "algorithm.weight_decay=0",
+        "model.arch=tests.inprocess.test_packed:WithUnusedLayer",  # a user model, by path
+    )  # fmt: skip
     pack = PackedReplicas([0, 1], config)
     assert pack.forward_kind == "vmap"
     before = pack.block.clone()

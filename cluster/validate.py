@@ -1,0 +1,50 @@
+"""Check a run's model, data and loss before any replica starts (one line, exit 2).
+
+Runs that name user code (an import path, or objects given to the Python API) build the
+model once and put one batch through it, the loss and the metric, and try packing when
+replicas are packed: an import that fails, a factory that raises, data of the wrong
+shape, a loss that is not a scalar, a model without trainable parameters or one that
+cannot be packed each fail with one line naming the config key. The check runs where
+the data can be loaded without passing through the driver: in this process when Ray is
+on this machine, else in one short Ray task on the cluster. Runs of built-ins only
+are checked by the config's own rules and need none of this.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ray
+
+from foundation.config import Config
+from foundation.ingredients import Ingredients, check
+from foundation.registry import is_import_path
+from replicas.packed import check_packable
+
+
+def names_user_code(config: Config) -> bool:
+    names = (config.model.arch, config.data.dataset, config.train.loss, config.train.metric)
+    return any(is_import_path(n) for n in names)
+
+
+def on_remote_cluster() -> bool:
+    """True when the run goes to a cluster named by RAY_ADDRESS (e.g. under `ray job
+    submit`), whose nodes, not this process, load the data."""
+    return os.environ.get("RAY_ADDRESS", "") not in ("", "local")
+
+
+def check_parts(config: Config, parts: Ingredients | None = None, *, remote: bool) -> None:
+    """The checks of the module's docstring: in this process, or (remote, after Ray is
+    connected) in a Ray task; ConfigError (or a RayTaskError carrying it) on a failure."""
+    if parts is None and not names_user_code(config):
+        return
+    if remote:
+        ray.get(ray.remote(num_cpus=1)(_check).remote(config, parts))
+    else:
+        _check(config, parts)
+
+
+def _check(config: Config, parts: Ingredients | None) -> None:
+    parts = parts if parts is not None else Ingredients.from_config(config)
+    data = check(parts, config)
+    check_packable(parts, config, data)

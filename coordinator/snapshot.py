@@ -1,0 +1,76 @@
+"""What a checkpoint holds of a run, and how a run resumes from one (beside the round loop).
+
+capture() gathers everything resuming needs — the center (and what was last sent), the
+γ/ρ schedules, the failure policy's state, the evaluations and every replica's state —
+and restore() puts a Coordinator back where its newest good checkpoint left it,
+refusing a config that trains something else (resume.check_same_run).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from coordinator import checkpoint
+from coordinator.center import CenterRule
+from coordinator.failures import FailurePolicy
+from coordinator.groups import ReplicaGroup
+from coordinator.resume import check_same_run, rescoped
+from coordinator.rundir import METRICS, RunDir
+from flatmath.scoping import Scope
+from foundation.config import Config, to_dict
+
+
+class RunState(Protocol):
+    """The parts of a Coordinator a checkpoint holds."""
+
+    config: Config
+    run: RunDir
+    round: int
+    rule: CenterRule
+    gamma: Scope
+    rho: Scope
+    policy: FailurePolicy
+    evaluations: list[dict[str, Any]]
+    rows: list[dict[str, Any]]
+    group: ReplicaGroup
+    allow_changes: tuple[str, ...]
+
+
+def capture(run: RunState) -> dict[str, Any]:
+    return {
+        "round": run.round,
+        "config": to_dict(run.config),
+        **run.rule.state_dict(),
+        "gamma": run.gamma.state_dict(),
+        "rho": run.rho.state_dict(),
+        **run.policy.state_dict(),
+        "evaluations": run.evaluations,
+        "replicas": run.group.states(),
+    }
+
+
+def restore(run: RunState) -> int | None:
+    """Continue from the newest good checkpoint, if there is one; returns its round."""
+
+    def corrupt(round_: int, why: str) -> None:
+        run.run.event("checkpoint_skipped", round=round_, reason=why)
+
+    found = checkpoint.load_latest(run.run, on_corrupt=corrupt)
+    if found is None:
+        return None
+    round_, state = found
+    now = to_dict(run.config)
+    check_same_run(state["config"], now, run.run.path, run.allow_changes)
+    run.round = round_
+    run.rule.load_state_dict(state)
+    run.gamma = Scope.from_state_dict(state["gamma"])
+    run.rho = Scope.from_state_dict(state["rho"])
+    scoping_may_change = any(k.split(".")[0] == "scoping" for k in run.allow_changes)
+    if scoping_may_change and state["config"]["scoping"] != now["scoping"]:
+        run.gamma, run.rho = rescoped(run.config, run.gamma, run.rho)
+    run.policy.load_state_dict(state)
+    run.evaluations = list(state["evaluations"])
+    run.group.load_states(state["replicas"])
+    run.rows = [r for r in run.run.read_table(METRICS) if r["round"] <= round_]
+    run.run.event("resume", round=round_)
+    return round_

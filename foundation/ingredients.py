@@ -1,0 +1,178 @@
+"""What a run trains and how it is judged: the model, the data, the loss and the metric.
+
+Ingredients.from_config resolves the config's names (built-ins or import paths, see
+foundation/registry.py) where it is called, so every replica resolves them on its own
+node; the Python API builds Ingredients from objects instead (widevalley.fit). check()
+builds the model once and puts one batch through it and the loss, so a bad part fails
+with one line naming its key before any replica starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from foundation.config import Config
+from foundation.data import Dataset, DatasetError, held_out, load_dataset
+from foundation.data.user import as_dataset
+from foundation.fields import ConfigError
+from foundation.models import MODELS
+from foundation.registry import (
+    LOSSES,
+    METRICS,
+    LossFn,
+    MetricFn,
+    call_with_context,
+    is_import_path,
+    named,
+    resolve,
+)
+
+
+class DataSource(Protocol):
+    def load(self, root: str) -> Dataset: ...
+
+
+@dataclass(frozen=True)
+class BuiltinData:
+    name: str
+
+    def load(self, root: str) -> Dataset:
+        return load_dataset(self.name, root)
+
+
+@dataclass(frozen=True)
+class LoaderData:
+    """A user callable returning (train, test); it runs where the data is needed."""
+
+    loader: Callable[..., Any]
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    name: str = "data"
+    key: str = "data.dataset"
+
+    def load(self, root: str) -> Dataset:
+        loaded = call_with_context(self.key, self.loader, self.kwargs, {"root": root})
+        try:
+            return as_dataset(self.name, loaded, f"{self.key} = {self.name!r}")
+        except DatasetError as err:
+            raise ConfigError(str(err)) from None
+
+
+@dataclass(frozen=True)
+class InMemoryData:
+    """Data handed to the Python API as tensors or Datasets (travels with the run)."""
+
+    dataset: Dataset
+
+    def load(self, root: str) -> Dataset:
+        return self.dataset
+
+
+@dataclass(frozen=True)
+class Ingredients:
+    model: Callable[..., nn.Module]
+    model_kwargs: Mapping[str, Any]
+    data: DataSource
+    loss: LossFn
+    metric: MetricFn | None
+    metric_name: str | None
+    """"accuracy" (reported as *_accuracy), "metric" (a user metric, *_metric) or None."""
+
+    @classmethod
+    def from_config(cls, config: Config) -> Ingredients:
+        """Resolve the config's names here (built-ins, or import paths imported now)."""
+        arch, dataset = config.model.arch, config.data.dataset
+        model = named("model.arch", arch, MODELS)
+        data: DataSource = (
+            LoaderData(resolve("data.dataset", dataset), dict(config.data.kwargs), dataset)
+            if is_import_path(dataset) else BuiltinData(dataset)
+        )  # fmt: skip
+        loss = named("train.loss", config.train.loss, LOSSES)
+        metric_name, metric = metric_of(config.train.metric, config.train.loss)
+        return cls(model, dict(config.model.kwargs), data, loss, metric, metric_name)
+
+    @property
+    def classifies(self) -> bool:
+        """Cross-entropy on class scores: outputs are averaged as probabilities."""
+        return self.loss is F.cross_entropy
+
+    def load_data(self, config: Config) -> Dataset:
+        """The run's data as the replicas see it (a validation part held out if asked)."""
+        return held_out(self.data.load(config.data.root), config.data.validation)
+
+    def new_model(self, data: Dataset, seed: int) -> nn.Module:
+        """A fresh model, initialised from `seed` without touching the global RNG."""
+        context = {"input_shape": data.input_shape, "num_classes": data.num_classes}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = call_with_context("model.arch", self.model, self.model_kwargs, context)
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"model.arch built a {type(model).__name__}, not an nn.Module")
+        return model
+
+
+def metric_of(name: str, loss: str) -> tuple[str | None, MetricFn | None]:
+    """train.metric as (how the reports name it, the function); auto: accuracy with the
+    built-in cross entropy, else none (the loss is the headline)."""
+    if name == "auto":
+        name = "accuracy" if loss == "cross_entropy" else "none"
+    if name == "none":
+        return None, None
+    if is_import_path(name):
+        return "metric", resolve("train.metric", name)
+    return name, METRICS[name]
+
+
+CHECK_BATCH = 4  # rows of the one batch that check() puts through the model and the loss
+
+
+def check(parts: Ingredients, config: Config) -> Dataset:
+    """Load the data, build the model once and put one batch through it, the loss and
+    the metric; each failure is one line naming its config key (ConfigError). Returns
+    the data (so a caller that checks on the data's node need not load it twice)."""
+    data = parts.load_data(config)
+    if config.data.batch_size > len(data.train.y):
+        raise ConfigError(
+            f"data.batch_size = {config.data.batch_size} exceeds the {len(data.train.y)} "
+            f"training examples of {config.data.dataset}"
+        )
+    model = parts.new_model(data, seed=0)
+    arch, loss_name = config.model.arch, config.train.loss
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError(f"model.arch = {arch!r} has no trainable parameters")
+    x, y = data.train.x[:CHECK_BATCH], data.train.y[:CHECK_BATCH]
+    outputs = _checked_call(
+        f"model.arch = {arch!r} cannot take a batch of data.dataset (inputs "
+        f"{tuple(x.shape)} {x.dtype})", lambda: model(x)
+    )  # fmt: skip
+    value = _checked_call(
+        f"train.loss = {loss_name!r} failed on outputs {tuple(outputs.shape)} and targets "
+        f"{tuple(y.shape)} {y.dtype}", lambda: parts.loss(outputs, y)
+    )  # fmt: skip
+    if not isinstance(value, torch.Tensor) or value.dim() != 0:
+        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ConfigError(f"train.loss = {loss_name!r} returned {shape}: it must return a scalar")
+    if not value.requires_grad:
+        raise ConfigError(f"train.loss = {loss_name!r} does not depend on the model's outputs")
+    if not torch.isfinite(value):
+        raise ConfigError(f"train.loss = {loss_name!r} is {float(value)} on the first batch")
+    metric = parts.metric
+    if metric is not None:
+        what = f"train.metric = {config.train.metric!r} failed"
+        _checked_call(what, lambda: float(metric(outputs.detach(), y)))
+    return data
+
+
+def _checked_call(what: str, call: Callable[[], Any]) -> Any:
+    try:
+        return call()
+    except ConfigError:
+        raise
+    except Exception as err:
+        first = (str(err).splitlines() or [""])[0]
+        raise ConfigError(f"{what}: {type(err).__name__}: {first}") from None
