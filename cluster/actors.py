@@ -154,6 +154,12 @@ class RayReplicaGroup:
         results = ray.get(refs, timeout=self.config.train.round_timeout_s)
         return [r for result in results for r in as_list(result, self.packed)]
 
+    def center_state(self, center: np.ndarray) -> dict[str, Any]:
+        state: dict[str, Any] = ray.get(
+            self.actors[0].center_state.remote(center), timeout=self.config.train.round_timeout_s
+        )
+        return state
+
     def states(self) -> list[dict[str, Any]]:
         results = ray.get([a.state_dict.remote() for a in self.actors])
         return [s for result in results for s in as_list(result, self.packed)]

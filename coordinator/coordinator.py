@@ -28,7 +28,7 @@ from coordinator.failures import FailurePolicy
 from coordinator.groups import ReplicaGroup, ReplicaLost, RoundOutcome
 from coordinator.lease import Lease, LeaseLost
 from coordinator.resume import make_scopes
-from coordinator.rundir import RunDir
+from coordinator.rundir import CENTER_FILE, RunDir, torch_bytes
 from flatmath.flat import readonly_tensor
 from foundation.config import Config, to_toml
 from foundation.ingredients import Ingredients
@@ -253,6 +253,7 @@ class Coordinator:
         summary["resumed_from"] = self.resumed_from
         summary["wall_seconds"] = time.time() - self.started
         self.run.write_json("summary.json", summary)
+        self.run.write_bytes(CENTER_FILE, torch_bytes(self.group.center_state(self.center.numpy())))
         self.run.write_bytes(
             "plots/training.png", report.training_plot(self.rows, self.evaluations)
         )

@@ -40,6 +40,10 @@ class ReplicaGroup(Protocol):
 
     def states(self) -> list[dict[str, Any]]: ...
 
+    def center_state(self, center: np.ndarray) -> dict[str, Any]:
+        """The center as a model's state_dict, BatchNorm statistics recomputed."""
+        ...
+
     def load_states(self, states: list[dict[str, Any]]) -> None: ...
 
     def replace(self, index: int, state: dict[str, Any]) -> None:
@@ -109,6 +113,10 @@ class LocalGroup:
 
     def states(self) -> list[dict[str, Any]]:
         return [s for unit in self.units for s in as_list(unit.state_dict(), self.packed)]
+
+    def center_state(self, center: np.ndarray) -> dict[str, Any]:
+        state: dict[str, Any] = self.units[0].center_state(center)
+        return state
 
     def load_states(self, states: list[dict[str, Any]]) -> None:
         for u, unit in enumerate(self.units):

@@ -13,6 +13,7 @@ for people and tools that read one file. metrics.parquet has a fixed, typed sche
 
 from __future__ import annotations
 
+import io
 import json
 import time
 import uuid
@@ -20,14 +21,18 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
 from foundation.storage import TMP_MARK, Storage, name_problem
 
 EVENTS = "events"
 EVENTS_VIEW = "events.jsonl"
 METRICS = "metrics.parquet"
+CENTER_FILE = "center.pt"
+"""The final center: {"state_dict", "input_shape", "num_classes"} (torch.load with
+weights_only=True), BatchNorm statistics recomputed as they were evaluated."""
 # Everything a run writes here, and so everything --fresh may delete (nothing else).
-WRITTEN_FILES = (METRICS, EVENTS_VIEW, "summary.json", "config.toml")
+WRITTEN_FILES = (METRICS, EVENTS_VIEW, "summary.json", "config.toml", CENTER_FILE)
 WRITTEN_DIRS = ("checkpoints", "plots", EVENTS)
 
 METRICS_SCHEMA = pa.schema([
@@ -48,6 +53,13 @@ METRICS_SCHEMA = pa.schema([
 ])  # fmt: skip
 """One row per (round, replica); `round` counts 1…R like the progress lines, the
 checkpoints and the summary; a failed replica's row has `failure` and no loss."""
+
+
+def torch_bytes(value: Any) -> bytes:
+    """torch.save of tensors and plain values, as bytes (any storage can hold them)."""
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    return buffer.getvalue()
 
 
 class RunDir:

@@ -84,17 +84,35 @@ class Ingredients:
     """"accuracy" (reported as *_accuracy), "metric" (a user metric, *_metric) or None."""
 
     @classmethod
-    def from_config(cls, config: Config) -> Ingredients:
-        """Resolve the config's names here (built-ins, or import paths imported now)."""
-        arch, dataset = config.model.arch, config.data.dataset
-        model = named("model.arch", arch, MODELS)
-        data: DataSource = (
-            LoaderData(resolve("data.dataset", dataset), dict(config.data.kwargs), dataset)
-            if is_import_path(dataset) else BuiltinData(dataset)
+    def from_config(
+        cls,
+        config: Config,
+        *,
+        model: Callable[..., nn.Module] | None = None,
+        data: DataSource | None = None,
+        loss: LossFn | None = None,
+        metric: MetricFn | None = None,
+    ) -> Ingredients:
+        """Resolve the config's names here (built-ins, or import paths imported now);
+        a part given as an object (the Python API) is used as it is instead."""
+        dataset = config.data.dataset
+        if data is None:
+            data = (
+                LoaderData(resolve("data.dataset", dataset), dict(config.data.kwargs), dataset)
+                if is_import_path(dataset) else BuiltinData(dataset)
+            )  # fmt: skip
+        metric_name, metric_fn = (
+            ("metric", metric) if metric is not None
+            else metric_of(config.train.metric, config.train.loss)
         )  # fmt: skip
-        loss = named("train.loss", config.train.loss, LOSSES)
-        metric_name, metric = metric_of(config.train.metric, config.train.loss)
-        return cls(model, dict(config.model.kwargs), data, loss, metric, metric_name)
+        return cls(
+            model or named("model.arch", config.model.arch, MODELS),
+            dict(config.model.kwargs),
+            data,
+            loss or named("train.loss", config.train.loss, LOSSES),
+            metric_fn,
+            metric_name,
+        )
 
     @property
     def classifies(self) -> bool:
@@ -106,8 +124,12 @@ class Ingredients:
         return held_out(self.data.load(config.data.root), config.data.validation)
 
     def new_model(self, data: Dataset, seed: int) -> nn.Module:
-        """A fresh model, initialised from `seed` without touching the global RNG."""
+        """A fresh model for `data`, initialised from `seed` (the global RNG untouched)."""
         context = {"input_shape": data.input_shape, "num_classes": data.num_classes}
+        return self.new_model_for(context, seed)
+
+    def new_model_for(self, context: Mapping[str, Any], seed: int) -> nn.Module:
+        """A fresh model given the data's input_shape and num_classes (`context`)."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = call_with_context("model.arch", self.model, self.model_kwargs, context)
@@ -116,16 +138,21 @@ class Ingredients:
         return model
 
 
+def metric_kind(name: str, loss: str) -> str | None:
+    """How the reports name train.metric, without importing anything: "accuracy",
+    "metric" (a user's) or None (auto with a loss other than cross entropy, or none)."""
+    if name == "auto":
+        name = "accuracy" if loss == "cross_entropy" else "none"
+    return None if name == "none" else "metric" if is_import_path(name) else name
+
+
 def metric_of(name: str, loss: str) -> tuple[str | None, MetricFn | None]:
     """train.metric as (how the reports name it, the function); auto: accuracy with the
     built-in cross entropy, else none (the loss is the headline)."""
-    if name == "auto":
-        name = "accuracy" if loss == "cross_entropy" else "none"
-    if name == "none":
+    kind = metric_kind(name, loss)
+    if kind is None:
         return None, None
-    if is_import_path(name):
-        return "metric", resolve("train.metric", name)
-    return name, METRICS[name]
+    return kind, resolve("train.metric", name) if kind == "metric" else METRICS[kind]
 
 
 CHECK_BATCH = 4  # rows of the one batch that check() puts through the model and the loss

@@ -23,18 +23,21 @@ def training_curves(rows: list[dict[str, Any]], evaluations: list[dict[str, Any]
         for ax, key in ((ax_loss, "train_loss"), (ax_dist, "distance_to_center")):
             values = [math.nan if row[key] is None else row[key] for row in mine]
             ax.plot(rounds, values, label=f"replica {a}", lw=1)
-    ax_loss.set(title="Training loss (mean over the round)", xlabel="round", ylabel="cross-entropy")
+    ax_loss.set(title="Training loss (mean over the round)", xlabel="round", ylabel="loss")
     ax_dist.set(title="Distance to the center ‖w − w̄‖", xlabel="round", ylabel="L2 distance")
     ax_dist.set_yscale("symlog", linthresh=1e-3)
+    kind = _evaluated_kind(evaluations)
     if evaluations:
         at = [e["round"] for e in evaluations]
-        ax_acc.plot(at, [e["center"]["test_accuracy"] for e in evaluations], "o-", label="center")
-        ax_acc.plot(at, [e["ensemble_test_accuracy"] for e in evaluations], "s--", label="ensemble")
+        ax_acc.plot(at, [e["center"][f"test_{kind}"] for e in evaluations], "o-", label="center")
+        ensemble = [e[f"ensemble_test_{kind}"] for e in evaluations]
+        ax_acc.plot(at, ensemble, "s--", label="ensemble")
         mean_replica = [
-            sum(r["test_accuracy"] for r in e["replicas"]) / len(e["replicas"]) for e in evaluations
+            sum(r[f"test_{kind}"] for r in e["replicas"]) / len(e["replicas"]) for e in evaluations
         ]
         ax_acc.plot(at, mean_replica, "^:", label="mean replica")
-    ax_acc.set(title="Test accuracy", xlabel="round", ylabel="accuracy (fraction)")
+    title = {"accuracy": "Test accuracy", "metric": "Test metric", "loss": "Test loss"}[kind]
+    ax_acc.set(title=title, xlabel="round", ylabel=f"{title.lower()[5:]}")
     for ax in (ax_loss, ax_dist, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -43,3 +46,10 @@ def training_curves(rows: list[dict[str, Any]], evaluations: list[dict[str, Any]
     fig.savefig(out, format="png", dpi=110)
     plt.close(fig)
     return out.getvalue()
+
+
+def _evaluated_kind(evaluations: list[dict[str, Any]]) -> str:
+    """What the evaluations measured beside the loss: accuracy, a user metric, or only
+    the loss (the third panel shows that)."""
+    center = evaluations[0]["center"] if evaluations else {}
+    return next((k for k in ("accuracy", "metric") if f"test_{k}" in center), "loss")

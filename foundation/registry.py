@@ -82,8 +82,9 @@ def call_with_context(
     try:
         return factory(**kwargs, **extra)
     except Exception as err:
-        name = getattr(factory, "__qualname__", repr(factory))
-        raise ConfigError(f"{key}: {name}(…) raised {type(err).__name__}: {err}") from None
+        raise ConfigError(
+            f"{key}: {object_path(factory)}(…) raised {type(err).__name__}: {err}"
+        ) from None
 
 
 def object_path(obj: Any) -> str:

@@ -19,7 +19,14 @@ from landscape.hessian import (
     spectral_density,
     top_eigenvalues,
 )
-from landscape.local_energy import NOISES, LocalEnergy, Noise, local_energy, sigma_grid
+from landscape.local_energy import (
+    NOISES,
+    LocalEnergy,
+    Noise,
+    has_labels,
+    local_energy,
+    sigma_grid,
+)
 from landscape.rescale import INVARIANCE, INVARIANCE_NOTES, find_pairs, rescale_
 
 __all__ = [
@@ -34,6 +41,7 @@ __all__ = [
     "TraceEstimate",
     "closure_hvp",
     "find_pairs",
+    "has_labels",
     "hessian_spectral_density",
     "hessian_top_eigenvalues",
     "hessian_trace",

@@ -112,9 +112,12 @@ def _check_args(
         raise ValueError(f"noise must be one of {', '.join(NOISES)}, got {noise!r}")
     if num_samples < 2:  # one draw has no standard error
         raise ValueError(f"num_samples must be >= 2, got {num_samples}")
-    if y.is_floating_point() or y.ndim != 1:
-        raise ValueError("local_energy needs class labels y (an integer vector) for the error")
     return sig
+
+
+def has_labels(y: Tensor) -> bool:
+    """Class labels (integers, one per row): only then is an error rate counted."""
+    return not y.is_floating_point() and y.ndim == 1
 
 
 def _perturb(w0: Tensor, z: Tensor, sigma: float, noise: Noise, *, out: Tensor) -> Tensor:
@@ -132,12 +135,14 @@ def _perturb(w0: Tensor, z: Tensor, sigma: float, noise: Noise, *, out: Tensor) 
 def _loss_and_error(
     model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn, chunk_size: int
 ) -> tuple[float, float]:
-    """Mean loss and error rate over the whole split, accumulated in float64 by chunk."""
-    loss_sum, wrong = 0.0, 0
+    """Mean loss and error rate over the whole split, accumulated in float64 by chunk; the
+    error rate is NaN when the targets are not class labels (a regression)."""
+    loss_sum, wrong, labels = 0.0, 0, has_labels(y)
     for xc, yc in chunks(x, y, chunk_size):
         out = model(xc)
         # loss_fn gives a chunk MEAN; weight it by the chunk size so a short last chunk
         # counts for what it holds.
         loss_sum += float(loss_fn(out, yc).double()) * len(yc)
-        wrong += int((out.argmax(dim=1) != yc).sum())
-    return loss_sum / len(y), wrong / len(y)
+        if labels:
+            wrong += int((out.argmax(dim=1) != yc).sum())
+    return loss_sum / len(y), wrong / len(y) if labels else math.nan

@@ -228,6 +228,9 @@ class PackedReplicas:
     def evaluate(self, center: np.ndarray | None = None) -> list[dict[str, Any]]:
         return [m.evaluate(center if row == 0 else None) for row, m in enumerate(self.members)]
 
+    def center_state(self, center: np.ndarray) -> dict[str, Any]:
+        return self.members[0].center_state(center)
+
     def state_dict(self) -> list[dict[str, Any]]:
         return [m.state_dict() for m in self.members]
 

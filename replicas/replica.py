@@ -239,13 +239,23 @@ class Replica:
         and the test targets (for the ensemble)."""
         result = self._report(self.model)
         if center is not None:
-            scratch = self._new_model(seed=0)
-            batch, batches = self.config.data.batch_size, self.config.train.bn_batches
-            load_vector_(scratch, readonly_tensor(center), self.data, center=True,
-                         batch_size=batch, bn_batches=batches)  # fmt: skip
-            result["center"] = self._report(scratch)
+            result["center"] = self._report(self._center_model(center))
             result["test_targets"] = self.data.test.y.cpu().numpy()
         return result
+
+    def center_state(self, center: np.ndarray) -> dict[str, Any]:
+        """The center as a model file holds it: the state_dict (BatchNorm statistics
+        recomputed, as evaluated) and what building the model again needs."""
+        state = {k: v.detach().cpu() for k, v in self._center_model(center).state_dict().items()}
+        shape, classes = list(self.data.input_shape), self.data.num_classes
+        return {"state_dict": state, "input_shape": shape, "num_classes": classes}
+
+    def _center_model(self, center: np.ndarray) -> torch.nn.Module:
+        scratch = self._new_model(seed=0)
+        batch, batches = self.config.data.batch_size, self.config.train.bn_batches
+        load_vector_(scratch, readonly_tensor(center), self.data, center=True,
+                     batch_size=batch, bn_batches=batches)  # fmt: skip
+        return scratch
 
     def _report(self, model: torch.nn.Module) -> dict[str, Any]:
         """Loss and metric on test and on a prefix of train, named as the run reports

@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from cluster.session import connect
+from cluster.validate import check_parts, names_user_code
 from coordinator.rundir import RunDir
 from foundation.config import load_config
 from foundation.data import load_dataset
 from jobs import CONFIG_DIR
 from jobs.cli import guarded
 from jobs.compare import driver
-from jobs.compare.plan import final_jobs, sweep_jobs, untuned
+from jobs.compare.plan import Job, final_jobs, sweep_jobs, untuned
 from jobs.compare.protocol import CompareError, FlatnessSpec, Protocol, load_protocol
 
 
@@ -131,6 +132,18 @@ def plan_of(args: argparse.Namespace) -> Plan:
     return Plan(p, seeds, steps, _absolute(root))
 
 
+def check_parts_of(final: Sequence[Job]) -> None:
+    """Before any task starts, once per model: a built-in data set's cache is built (the
+    tasks only read it), and a model, data, loss or metric named by import path is
+    imported, built and given one batch, as jobs.train checks a run (cluster/validate.py):
+    a failure is one line naming its config key, exit status 2."""
+    for config in {job.model: job.config for job in final}.values():
+        if names_user_code(config):
+            check_parts(config, remote=False)  # the data is read from here, as below
+        else:
+            load_dataset(config.data.dataset, config.data.root)
+
+
 def say(line: str) -> None:
     print(line, flush=True)  # flushed: the console shows progress while tasks run
 
@@ -142,7 +155,7 @@ def run(args: argparse.Namespace, command: str, started: float) -> int:
     sweep = sweep_jobs(p, plan.steps, plan.extra)
     # Every final run config is checked now (with no hyperparameters yet), before any run.
     final = final_jobs(p, plan.steps, plan.seeds, untuned(p), plan.extra)
-    load_dataset(p.dataset, plan.root)  # build the cache once, before the tasks read it
+    check_parts_of(final)
     where = connect()
     say(f"wv compare: {len(sweep)} sweep runs, then {len(final)} final runs, on {where}")
     if args.fresh:  # only the run directories this comparison writes, nothing else there
@@ -154,7 +167,7 @@ def run(args: argparse.Namespace, command: str, started: float) -> int:
     seconds = time.time() - started
     text = driver.publish(p, outcome, command=command, seconds=seconds, seeds=plan.seeds,
                           steps=plan.steps, quick=args.quick)  # fmt: skip
-    say(text.split("## Results", 1)[1].split("![accuracy")[0].strip())
+    say(text.split("## Results", 1)[1].split("\n![", 1)[0].strip())  # the tables
     out = Path(p.output)
     say(f"wrote {out / 'RESULTS.md'} and {out / 'results'}/ in {seconds / 60:.1f} min")
     return 0

@@ -8,6 +8,7 @@ the same table without training.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -15,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from foundation.config import to_toml
-from jobs.compare.figures import plots, write_parquet
+from jobs.compare.figures import headline_png, plots, write_parquet
+from jobs.compare.headline import headline_of_rows
 from jobs.compare.plan import Choice, Job, final_jobs
 from jobs.compare.protocol import FlatnessSpec, Protocol
 from jobs.compare.report import Invocation, render, versions
@@ -59,14 +61,18 @@ def run_all(jobs: list[Job], flat: FlatnessSpec, say: Say) -> list[dict[str, Any
 
 
 def choose(jobs: Sequence[Job], sweep_rows: Sequence[Row]) -> Choice:
-    """Per (model, method), the tried values with the best validation accuracy (the
-    first of equals, in sweep order)."""
+    """Per (model, method), the tried values with the best validation headline (the
+    highest accuracy or metric, the lowest loss; the first of equals, in sweep order).
+    A sweep run's "test" numbers are on the validation split (data.validation)."""
+    h = headline_of_rows(sweep_rows)
     chosen: Choice = {}
     best: dict[tuple[str, str], float] = {}
     for job, row in zip(jobs, sweep_rows, strict=True):
-        key = (job.model, job.method)
-        if key not in best or row["test_accuracy"] > best[key]:
-            best[key], chosen[key] = row["test_accuracy"], job.hp
+        key, value = (job.model, job.method), float(row[h.test])
+        # A non-finite number (a diverged run's loss) never beats a finite one.
+        finite, held = math.isfinite(value), math.isfinite(best.get(key, math.nan))
+        if key not in best or (finite and (not held or h.better(value, best[key]))):
+            best[key], chosen[key] = value, job.hp
     return chosen
 
 
@@ -120,8 +126,8 @@ def publish(
     results.mkdir(parents=True, exist_ok=True)
     write_parquet(results / "compare.parquet", outcome.rows)
     write_parquet(results / "sweep.parquet", outcome.sweep_rows)
-    acc_png, energy_png = plots(p, outcome.rows)
-    (results / "accuracy.png").write_bytes(acc_png)
+    score_png, energy_png = plots(p, outcome.rows)
+    (results / headline_png(outcome.rows)).write_bytes(score_png)
     (results / "local_energy.png").write_bytes(energy_png)
     env = versions()
     history = _log_invocation(results / INVOCATIONS_FILE, outcome, command, seconds, env["date"])

@@ -12,24 +12,29 @@ from typing import Any
 
 import numpy as np
 
+from jobs.compare.headline import Headline, headline_of_rows
 from jobs.compare.methods import BASELINES, LABELS, METHODS
 from jobs.compare.protocol import Protocol
 from jobs.compare.stats import Aggregate, aggregate
 
 
-def _accuracy_axes(ax: Any, agg: Aggregate, rows: list[dict[str, Any]], model: str) -> None:
-    """Bars of mean ± std test accuracy per method, with every seed as a dot."""
+def _headline_axes(
+    ax: Any, agg: Aggregate, rows: list[dict[str, Any]], model: str, h: Headline
+) -> None:
+    """Bars of the mean ± std test headline (accuracy, loss, metric) per method, with
+    every seed as a dot."""
     methods = [m for m in METHODS if (model, m) in agg]
-    means = [agg[(model, m)]["test_accuracy"][0] for m in methods]
-    stds = [np.nan_to_num(agg[(model, m)]["test_accuracy"][1]) for m in methods]
+    means = [agg[(model, m)][h.test][0] for m in methods]
+    stds = [np.nan_to_num(agg[(model, m)][h.test][1]) for m in methods]
     ax.bar(range(len(methods)), means, yerr=stds, capsize=4,
            color=["#999" if m in BASELINES else "#3a7" for m in methods])  # fmt: skip
     for seed_row in (r for r in rows if r["model"] == model):
-        ax.plot(methods.index(seed_row["method"]), seed_row["test_accuracy"], "k.", ms=3)
+        ax.plot(methods.index(seed_row["method"]), seed_row[h.test], "k.", ms=3)
     ax.set_xticks(range(len(methods)), [LABELS[m] for m in methods], rotation=30, ha="right")
-    lo = min(r["test_accuracy"] for r in rows if r["model"] == model)
-    ax.set_ylim(max(0.0, lo - 0.05), min(1.0, max(means) + 0.05))
-    ax.set_ylabel("test accuracy (mean ± std, dots = seeds)")
+    if h.kind == "accuracy":  # a fraction: zoom in on the bars' tops, inside [0, 1]
+        lo = min(r[h.test] for r in rows if r["model"] == model)
+        ax.set_ylim(max(0.0, lo - 0.05), min(1.0, max(means) + 0.05))
+    ax.set_ylabel(f"test {h.kind}, {h.direction} (mean ± std, dots = seeds)")
 
 
 def _energy_axes(ax: Any, rows: list[dict[str, Any]], model: str) -> None:
@@ -49,18 +54,23 @@ def _energy_axes(ax: Any, rows: list[dict[str, Any]], model: str) -> None:
     ax.legend(fontsize=8)
 
 
+def headline_png(rows: list[dict[str, Any]]) -> str:
+    """The file name of the headline plot: accuracy.png, loss.png or metric.png."""
+    return f"{headline_of_rows(rows).kind}.png"
+
+
 def plots(p: Protocol, rows: list[dict[str, Any]]) -> tuple[bytes, bytes]:
-    """(accuracy.png, local_energy.png): one panel per model that has rows."""
+    """(headline_png, local_energy.png): one panel per model that has rows."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on a cluster node or in CI
     import matplotlib.pyplot as plt
 
-    agg = aggregate(rows)
+    agg, h = aggregate(rows), headline_of_rows(rows)
     models = [m for m in p.models if any(r["model"] == m for r in rows)]
     fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.2), squeeze=False)
     for ax, model in zip(axes[0], models, strict=True):
-        _accuracy_axes(ax, agg, rows, model)
+        _headline_axes(ax, agg, rows, model, h)
         ax.set_title(f"{p.dataset} {model}")
     fig.tight_layout()
     acc = _png(fig, plt)

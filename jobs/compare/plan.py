@@ -13,7 +13,7 @@ from pathlib import Path
 from foundation.config import Config, load_config
 from jobs import CONFIG_DIR
 from jobs.compare.methods import ENTROPY, SWEPT, TRAINED
-from jobs.compare.protocol import CompareError, Protocol
+from jobs.compare.protocol import CompareError, Protocol, kwargs_override
 
 Choice = dict[tuple[str, str], tuple[str, ...]]
 """(model, swept method) → the hyperparameter overrides the sweep chose."""
@@ -63,6 +63,8 @@ def _base_config(p: Protocol, method: str) -> Path:
 
 
 def _run_name(model: str, method: str, seed: int, phase: str, hp: Sequence[str]) -> str:
+    # A model may be an import path (pkg.module:Net): '.' and ':' are fine in a run name
+    # (foundation.storage.name_problem), and an import path has no '/'.
     if phase == "final":
         return f"{model}-{method}-s{seed}"
     return f"sweep-{model}-{method}-{hp_label(hp)}"
@@ -80,6 +82,8 @@ def job_config(
         f"data.validation={p.validation if phase == 'sweep' else 0.0}",
         f"algorithm.replicas={1 if method == 'sgd_long' else p.replicas}",
         "train.checkpoint_every=0", "train.keep_checkpoints=1", "logging.wandb=false",
+        *kwargs_override("data.kwargs", p.data_kwargs),
+        *kwargs_override("model.kwargs", p.model_kwargs.get(model, {})),
     ]  # fmt: skip
     overrides = [*common, *p.overrides, *extra, *hp]
     # The rounds depend on the final K and L, so the config is loaded once to read them.

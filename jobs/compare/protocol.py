@@ -2,15 +2,41 @@
 
 Every value is checked here, before any run config is built, so that a bad file is one
 line (CompareError, a ConfigError: exit status 2) and not a failure halfway through.
+
+A comparison of the user's own model, data and loss names them as a run config does
+(docs/your-model.md), each a built-in name or an import path `package.module:attribute`
+importable where the runs train (the working directory, or an installed package):
+
+    [compare]
+    dataset = "mypkg.data:load"              # data.dataset of every run
+    data_kwargs = {length = 40}              # data.kwargs of every run (optional)
+    models = ["mlp", "mypkg.nets:Net"]       # model.arch of the runs, one table each
+    set = ["train.loss=mypkg.losses:huber"]  # any other key, e.g. the loss or the metric
+
+    [compare.steps]                          # gradient evaluations per replica, per model
+    mlp = 6000
+    "mypkg.nets:Net" = 2000                  # (a key with ':' or '.' is quoted in TOML)
+
+    [compare.model_kwargs]                   # model.kwargs per model (optional)
+    "mypkg.nets:Net" = {hidden = 64}
+
+Data keyword arguments go in `[compare] data_kwargs`, a table, rather than in `set`
+(`"data.kwargs={length = 40}"` there works too, and wins, as `set` comes later): a TOML
+table is checked as one here and needs no quoting inside a string. A model's entry in
+`models` is its name in the tables, the run names (<model>-<method>-s<seed>: an import
+path is a valid run name) and --models; one import path is one model, so the same class
+with two sets of kwargs needs two importable names. The loss and the metric apply to
+every run (`set`); the table and every choice follow the runs' headline: the test
+accuracy, a user's metric, or the test loss when the runs have no metric.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from foundation.fields import ConfigError, read_toml
+from foundation.fields import ConfigError, read_toml, toml_value
 from jobs.compare.methods import SWEPT
 
 
@@ -44,6 +70,10 @@ class Protocol:
     sweep: dict[str, list[list[str]]]
     flatness: FlatnessSpec
     overrides: tuple[str, ...] = ()
+    data_kwargs: dict[str, Any] = field(default_factory=dict)
+    """data.kwargs of every run ([compare] data_kwargs)."""
+    model_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """model → its model.kwargs ([compare.model_kwargs]); models not named get none."""
     quick_seeds: int = 2
     quick_steps: int = 400
     source: str = ""
@@ -81,6 +111,29 @@ def _models_and_steps(c: dict[str, Any]) -> tuple[tuple[str, ...], dict[str, int
     return models, steps
 
 
+def _table(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise CompareError(f"{what} must be a table of keyword arguments, e.g. {{hidden = 64}}")
+    return {str(k): v for k, v in value.items()}
+
+
+def _kwargs(c: dict[str, Any], models: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """[compare] data_kwargs and [compare.model_kwargs]: tables, the latter per model."""
+    data = _table(c.get("data_kwargs", {}), "compare.data_kwargs")
+    per_model = _table(c.get("model_kwargs", {}), "compare.model_kwargs")
+    unknown = [m for m in per_model if m not in models]
+    if unknown:
+        raise CompareError(
+            f"compare.model_kwargs names {', '.join(unknown)}: not in compare.models"
+        )
+    return data, {m: _table(v, f"compare.model_kwargs.{m!r}") for m, v in per_model.items()}
+
+
+def kwargs_override(key: str, kwargs: dict[str, Any]) -> list[str]:
+    """A --set item for a kwargs table (an inline TOML table), or none when it is empty."""
+    return [f"{key}={toml_value(kwargs)}"] if kwargs else []
+
+
 def _flatness(fl: dict[str, Any]) -> FlatnessSpec:
     """[flatness]: the table's two σ columns must be points of the measured curve."""
     sigmas = tuple(float(s) for s in fl.get("sigmas", FlatnessSpec.sigmas))
@@ -101,6 +154,7 @@ def load_protocol(path: str | Path) -> Protocol:
     c = raw.get("compare", {})
     methods, sweep = _methods(raw), _sweep(raw)
     models, steps = _models_and_steps(c)
+    data_kwargs, model_kwargs = _kwargs(c, models)
     flatness = _flatness(raw.get("flatness", {}))
     return Protocol(
         dataset=str(c.get("dataset", "mnist1d")),
@@ -116,6 +170,8 @@ def load_protocol(path: str | Path) -> Protocol:
         sweep=sweep,
         flatness=flatness,
         overrides=tuple(str(s) for s in _list(c.get("set", []), "compare.set")),
+        data_kwargs=data_kwargs,
+        model_kwargs=model_kwargs,
         quick_seeds=int(c.get("quick_seeds", 2)),
         quick_steps=int(c.get("quick_steps", 400)),
         source=str(path),

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from jobs.compare.figures import headline_png
+from jobs.compare.headline import Headline, headline_of_rows
 from jobs.compare.methods import LABELS, MEASURES_FILE, METHODS
 from jobs.compare.plan import Choice
 from jobs.compare.protocol import Protocol
@@ -72,14 +74,15 @@ def invocation_lines(invocations: list[dict[str, Any]]) -> list[str]:
 
 
 def detail_lines(rows: list[Row], model: str, rounds: dict[tuple[str, str], int]) -> list[str]:
-    """Per-seed test accuracies and rounds per run, under each table."""
-    lines = ["Per-seed test accuracy (seed 0, 1, …) and rounds per run:", ""]
+    """Per-seed test headline numbers and rounds per run, under each table."""
+    h = headline_of_rows(rows)
+    lines = [f"Per-seed test {h.kind} (seed 0, 1, …) and rounds per run:", ""]
     for method in METHODS:
         mine = sorted((r for r in rows if (r["model"], r["method"]) == (model, method)),
                       key=lambda r: r["seed"])  # fmt: skip
         if not mine:
             continue
-        accs = ", ".join(f"{r['test_accuracy']:.3f}" for r in mine)
+        accs = ", ".join(f"{r[h.test]:.3f}" for r in mine)
         source = "sgd" if method == "ensemble" else method
         n = rounds.get((model, source))
         lines.append(f"- {LABELS[method]}: {accs}" + (f" ({n} rounds)" if n else ""))
@@ -107,12 +110,24 @@ def _header(p: Protocol, inv: Invocation) -> list[str]:
     ]  # fmt: skip
 
 
-def _protocol(p: Protocol, models: list[str], seeds: int, steps: dict[str, int]) -> list[str]:
+def _judged(h: Headline, loss: str) -> str:
+    """How the runs are ranked, in one sentence (the runs' summary.json headline)."""
+    what = {"accuracy": "test accuracy", "metric": "the user's test metric (train.metric)",
+            "loss": "test loss, as the runs have no metric"}[h.kind]  # fmt: skip
+    return f"- Loss: `train.loss = {loss}`. Ranked by {what} ({h.direction})."
+
+
+def _protocol(
+    p: Protocol, models: list[str], seeds: int, steps: dict[str, int], rows: list[Row]
+) -> list[str]:
+    h = headline_of_rows(rows)
+    loss = str(rows[0].get("loss", "cross_entropy")) if rows else "cross_entropy"
     return [
         "## Protocol",
         "",
         f"- Data: {p.dataset}. Models: {', '.join(models)}. "
         f"Seeds: {seeds} (run.seed = 0 … {seeds - 1}). y = {p.replicas} replicas.",
+        _judged(h, loss),
         "- Budget: gradient evaluations per replica = "
         + ", ".join(f"{m}: {steps[m]}" for m in models)
         + " (Entropy-SGD and Parle count the L inner steps: effective epochs = L × outer steps). "
@@ -129,10 +144,10 @@ def _protocol(p: Protocol, models: list[str], seeds: int, steps: dict[str, int])
         f"- Hyperparameters: a sweep with one seed (run.seed = {p.sweep_seed}, not a final seed), "
         f"training on {100 * (1 - p.validation):.0f}% of the training set and selecting on the "
         f"held-out {100 * p.validation:.0f}% (`data.validation = {p.validation}`; the test set is "
-        "never used for selection), by the validation accuracy of the row's model (mean replica "
-        "for sgd/esgd, center otherwise). SGD, y× steps and the ensemble use SGD's chosen lr. "
-        "Tried values and the chosen ones are listed below; all other settings are those of "
-        "`jobs/configs/<method>.toml`.",
+        f"never used for selection), by the validation {h.kind} of the row's model (mean replica "
+        f"for sgd/esgd, center otherwise; {h.direction}). SGD, y× steps and the ensemble use "
+        "SGD's chosen lr. Tried values and the chosen ones are listed below; all other "
+        "settings are those of `jobs/configs/<method>.toml`.",
         f"- Flatness: multiplicative local energy δE(σ) = E_z[L(w + σ z ⊙ w)] − L(w) of the "
         f"training loss, M = {p.flatness.draws} draws (the same draws for every model), and the "
         f"top Hessian eigenvalue λ_max (Lanczos, ≤ {p.flatness.lanczos_steps} HVPs), both on the "
@@ -143,44 +158,54 @@ def _protocol(p: Protocol, models: list[str], seeds: int, steps: dict[str, int])
     ]  # fmt: skip
 
 
-VERDICTS_INTRO: tuple[str, ...] = (
-    "## Did the coupled methods beat the budget-matched baselines?",
-    "",
-    "Test accuracy, as measured.",
-    "",
-    "A difference smaller than the seeds' spread (the larger of the two standard "
-    "deviations) is called *no clear difference*.",
-    "",
-)
-FLATNESS_INTRO: tuple[str, ...] = (
-    "## Did flatter go with better?",
-    "",
-    "Rank correlation across methods of the mean flatness with the mean test accuracy "
-    "(ρ < 0: the flatter method generalized better); with six methods per model only "
-    "|ρ| ≥ 0.886 is significant at 5 % (two-sided). "
+def verdicts_intro(h: Headline) -> list[str]:
+    return [
+        "## Did the coupled methods beat the budget-matched baselines?",
+        "",
+        f"Test {h.kind}, as measured ({h.direction}).",
+        "",
+        "A difference smaller than the seeds' spread (the larger of the two standard "
+        "deviations) is called *no clear difference*.",
+        "",
+    ]
+
+
+def flatness_intro(h: Headline) -> list[str]:
+    sign = "ρ < 0" if h.higher_is_better else "ρ > 0"
+    return [
+        "## Did flatter go with better?",
+        "",
+        f"Rank correlation across methods of the mean flatness with the mean test {h.kind} "
+        f"({sign}: the flatter method generalized better); with six methods per model only "
+        "|ρ| ≥ 0.886 is significant at 5 % (two-sided). " + FLATNESS_CAVEAT,
+        "",
+    ]
+
+
+FLATNESS_CAVEAT = (
     "Caveat (docs/algorithms.md, Dinh et al.): raw "
     "Hessian eigenvalues change under function-preserving rescalings of ReLU layers, so "
     "λ_max can be made arbitrarily large or small without changing the function; "
     "multiplicative δE is invariant to that rescaling for positively homogeneous layers "
     "(the MLP), while BatchNorm in the CNN makes its weights scale-free in other ways. "
     "A correlation here is an observation about these runs, not a proof that flatness "
-    "causes generalization.",
-    "",
+    "causes generalization."
 )
 
 
 def _sweep_table(p: Protocol, sweep_rows: list[Row], chosen: Choice) -> list[str]:
+    h = headline_of_rows(sweep_rows)
     out = [
-        "## Hyperparameter sweep (validation accuracy, one seed)",
+        f"## Hyperparameter sweep (validation {h.kind}, {h.direction}, one seed)",
         "",
-        "| model | method | tried | validation acc | chosen |",
+        f"| model | method | tried | validation {h.short} | chosen |",
         "|---|---|---|---|---|",
     ]
     for r in sweep_rows:
         pick = chosen.get((r["model"], r["method"])) == tuple(r["hyperparameters"].split())
         out.append(
             f"| {r['model']} | {LABELS[r['method']]} | `{r['hyperparameters'] or 'base config'}` "
-            f"| {r['test_accuracy']:.3f} | {'✔' if pick else ''} |"
+            f"| {r[h.test]:.3f} | {'✔' if pick else ''} |"
         )
     out += ["", "Run directories: " + f"`{p.storage}/<model>-<method>-s<seed>` (final), "
             f"`{p.storage}/sweep-<model>-<method>-<hp>` (sweep).", ""]  # fmt: skip
@@ -191,19 +216,19 @@ def render(
     p: Protocol, rows: list[Row], sweep_rows: list[Row], chosen: Choice, inv: Invocation,
     rounds: dict[tuple[str, str], int] | None = None,
 ) -> str:  # fmt: skip
-    sig = p.flatness.table_sigmas
+    sig, h = p.flatness.table_sigmas, headline_of_rows(rows)
     agg = aggregate(rows)
     models = [m for m in p.models if any(r["model"] == m for r in rows)]
-    out = [*_header(p, inv), *_protocol(p, models, inv.seeds, inv.steps), "## Results", ""]
+    out = [*_header(p, inv), *_protocol(p, models, inv.seeds, inv.steps, rows), "## Results", ""]
     for model in models:
         out += [f"### MNIST-1D {model}" if p.dataset == "mnist1d" else f"### {p.dataset} {model}",
-                "", *table_lines(agg, model, sig), "",
+                "", *table_lines(agg, model, sig, h), "",
                 *detail_lines(rows, model, rounds or {}), ""]  # fmt: skip
-    out += ["![accuracy by method](results/accuracy.png)", "",
-            "![local energy](results/local_energy.png)", "", *VERDICTS_INTRO]  # fmt: skip
+    out += [f"![test {h.kind} by method](results/{headline_png(rows)})", "",
+            "![local energy](results/local_energy.png)", "", *verdicts_intro(h)]  # fmt: skip
     for model in models:
-        out += [f"**{model}**", "", *verdict_lines(agg, model), ""]
-    out += FLATNESS_INTRO
+        out += [f"**{model}**", "", *verdict_lines(agg, model, h), ""]
+    out += flatness_intro(h)
     for model in models:
-        out += [f"**{model}**", "", *flatness_lines(agg, model, sig), ""]
+        out += [f"**{model}**", "", *flatness_lines(agg, model, sig, h), ""]
     return "\n".join([*out, *_sweep_table(p, sweep_rows, chosen)])

@@ -1,7 +1,9 @@
 """Table entries, read back from run directories only (summary.json and MEASURES_FILE).
 
 Nothing a task returned is used here: a number in the table can always be traced to the
-files of the run directory its row names.
+files of the run directory its row names. The row's test and train numbers are of the
+run's headline kind (jobs/compare/headline.py): test_accuracy/train_accuracy, or
+test_loss/train_loss for a run without a metric, or test_metric/train_metric.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from coordinator.rundir import RunDir
+from jobs.compare.headline import Headline, headline_of
 from jobs.compare.methods import LABELS, MEASURES_FILE, METHODS, REPLICA_ROWS
 from jobs.compare.plan import Job
 
@@ -24,17 +27,16 @@ def _read_json(storage: str, name: str, file: str) -> dict[str, Any]:
     return value
 
 
-def _accuracies(method: str, s: dict[str, Any], m: dict[str, Any] | None) -> tuple[float, float]:
-    """(test, train) accuracy of the row's model: mean replica, ensemble or center."""
+def _scores(
+    method: str, s: dict[str, Any], m: dict[str, Any] | None, h: Headline
+) -> tuple[float, float]:
+    """(test, train) headline number of the row's model: mean replica, ensemble or center."""
+    k = h.kind
     if method in REPLICA_ROWS:
-        return float(np.mean(s["replica_test_accuracy"])), float(
-            np.mean(s["replica_train_accuracy"])
-        )
-    if method == "ensemble":  # a sweep run has no measurements, so no ensemble train accuracy
-        return float(s["ensemble_test_accuracy"]), (
-            float(m["ensemble_train_accuracy"]) if m else math.nan
-        )
-    return float(s["center_test_accuracy"]), float(s["center_train_accuracy"])
+        return float(np.mean(s[f"replica_test_{k}"])), float(np.mean(s[f"replica_train_{k}"]))
+    if method == "ensemble":  # a sweep run has no measurements, so no ensemble train number
+        return float(s[f"ensemble_test_{k}"]), (float(m[f"ensemble_train_{k}"]) if m else math.nan)
+    return float(s[f"center_test_{k}"]), float(s[f"center_train_{k}"])
 
 
 def _flatness_columns(method: str, m: dict[str, Any] | None, sigmas: tuple[float, float]) -> Row:
@@ -56,11 +58,13 @@ def row_of(job: Job, method: str, storage: str, sigmas: tuple[float, float]) -> 
     name = job.name
     s = _read_json(storage, name, "summary.json")
     m = _read_json(storage, name, MEASURES_FILE) if job.phase == "final" else None
-    test, train = _accuracies(method, s, m)
+    h = headline_of(s)
+    test, train = _scores(method, s, m, h)
     row: Row = {
         "model": job.model, "method": method, "label": LABELS[method], "seed": job.seed,
         "phase": job.phase, "hyperparameters": " ".join(job.hp),
-        "test_accuracy": test, "train_accuracy": train, "gap": train - test,
+        "loss": job.config.train.loss, "headline": h.kind, "headline_mode": h.mode,
+        h.test: test, h.train: train, "gap": h.gap(train, test),
         "wall_seconds": float(s["wall_seconds"]),
         "gradient_evaluations_per_replica": int(s["gradient_evaluations_per_replica"]),
         "replicas": int(s["replicas"]),

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from jobs.compare.headline import ACCURACY, Headline, headline_of_rows
 from jobs.compare.methods import METHODS
 
 Cell = tuple[float, float, int]
@@ -19,9 +20,13 @@ Cell = tuple[float, float, int]
 Aggregate = dict[tuple[str, str], dict[str, Cell]]
 """(model, method) → column → Cell, in table order."""
 
-COLUMNS: tuple[str, ...] = (
-    "test_accuracy", "train_accuracy", "gap", "dE_0", "dE_1", "lambda_max", "wall_seconds",
-)  # fmt: skip
+COMMON: tuple[str, ...] = ("gap", "dE_0", "dE_1", "lambda_max", "wall_seconds")
+
+
+def columns(h: Headline = ACCURACY) -> tuple[str, ...]:
+    """The aggregated columns: the headline's test and train numbers, then the rest."""
+    return (h.test, h.train, *COMMON)
+
 
 SPEARMAN_5PCT: dict[int, float] = {5: 1.0, 6: 0.886, 7: 0.786, 8: 0.738, 9: 0.700, 10: 0.648}
 """Two-sided 5 % critical values of Spearman's ρ for n pairs (exact tables)."""
@@ -36,19 +41,22 @@ def mean_std(values: Sequence[float]) -> Cell:
 
 
 def aggregate(rows: list[dict[str, Any]]) -> Aggregate:
-    """(model, method) → column → (mean, std, n) over seeds."""
+    """(model, method) → column → (mean, std, n) over seeds; the test and train columns
+    are those of the rows' headline (test_accuracy, test_loss, …)."""
     out: Aggregate = {}
     keys = sorted(
         {(r["model"], r["method"]) for r in rows}, key=lambda k: (k[0], METHODS.index(k[1]))
     )
     for key in keys:
         mine = [r for r in rows if (r["model"], r["method"]) == key]
-        out[key] = {c: mean_std([r[c] for r in mine]) for c in COLUMNS}
+        cols = columns(headline_of_rows(mine))
+        out[key] = {c: mean_std([r[c] for r in mine]) for c in cols}
     return out
 
 
-def verdict(a: Cell, b: Cell) -> str:
-    """a against b: "beat", "lost" or "no clear difference" (|Δ| below the seeds' spread).
+def verdict(a: Cell, b: Cell, h: Headline = ACCURACY) -> str:
+    """a against b: "beat", "lost" or "no clear difference" (|Δ| below the seeds' spread);
+    beating is being better by the headline (a higher accuracy, a lower loss).
 
     The spread is the larger of the two sample standard deviations; with fewer than two
     seeds on either side there is no spread to judge by, so no difference is clear.
@@ -58,7 +66,7 @@ def verdict(a: Cell, b: Cell) -> str:
         return "no clear difference"
     if abs(ma - mb) <= max(sa, sb):
         return "no clear difference"
-    return "beat" if ma > mb else "lost"
+    return "beat" if h.better(ma, mb) else "lost"
 
 
 def spearman_critical(n: int) -> float:

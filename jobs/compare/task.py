@@ -3,7 +3,9 @@
 Training uses LocalGroup (all y replicas in this process, torch on one thread), so every
 task does y × steps gradient evaluations on one CPU: equal compute for every method.
 A final run's measurements go into the run directory (MEASURES_FILE), so the table is
-built from run directories only.
+built from run directories only. Models, data, loss and metric are the run's own
+(foundation.ingredients, resolved in the task: a user's module is imported there), and
+every measure is of the run's loss.
 """
 
 from __future__ import annotations
@@ -17,23 +19,25 @@ from torch import nn
 
 from coordinator import checkpoint
 from coordinator.coordinator import Coordinator
+from coordinator.ensemble import ensemble_scores
 from coordinator.groups import LocalGroup
 from coordinator.rundir import RunDir
 from foundation.config import Config, config_from_text, to_toml
-from foundation.data import Dataset, held_out, load_dataset
+from foundation.data import Dataset
 from foundation.evaluation import EVAL_TRAIN_SAMPLES, load_vector_, metrics
-from foundation.models import build_model
+from foundation.ingredients import Ingredients
+from foundation.registry import LossFn
 from jobs.compare.methods import MEASURES_FILE, REPLICA_ROWS
 from jobs.compare.protocol import FlatnessSpec
 from landscape import hessian_top_eigenvalues, local_energy
 
 
-def _model_from(config: Config, vector: Any, data: Dataset, center: bool) -> nn.Module:
+def _model_from(
+    config: Config, parts: Ingredients, vector: Any, data: Dataset, center: bool
+) -> nn.Module:
     """The model a flat vector holds, in eval mode; a center's BatchNorm statistics are
     recomputed (foundation.evaluation: the same center the replicas evaluated)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)  # every weight is overwritten below; the caller's RNG is kept
-        model = build_model(config.model.arch, data.input_shape, data.num_classes)
+    model = parts.new_model(data, seed=0)  # every weight is overwritten below
     load_vector_(
         model, torch.as_tensor(vector), data, center=center,
         batch_size=config.data.batch_size, bn_batches=config.train.bn_batches,
@@ -42,13 +46,17 @@ def _model_from(config: Config, vector: Any, data: Dataset, center: bool) -> nn.
 
 
 def _flatness_of(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, flat: FlatnessSpec
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, flat: FlatnessSpec, loss: LossFn
 ) -> dict[str, Any]:
-    """δE(σ) (multiplicative, the same draws for every model) and λ_max of one model."""
+    """δE(σ) (multiplicative, the same draws for every model) and λ_max of one model, of
+    the run's loss."""
     energy = local_energy(
-        model, x, y, flat.sigmas, noise="multiplicative", num_samples=flat.draws, seed=0
+        model, x, y, flat.sigmas, noise="multiplicative", num_samples=flat.draws, seed=0,
+        loss_fn=loss,
+    )  # fmt: skip
+    eig = hessian_top_eigenvalues(
+        model, x, y, k=1, loss_fn=loss, max_steps=flat.lanczos_steps, seed=0
     )
-    eig = hessian_top_eigenvalues(model, x, y, k=1, max_steps=flat.lanczos_steps, seed=0)
     return {
         "loss_delta": [float(v) for v in energy.loss_delta],
         "loss_delta_se": [float(v) for v in energy.loss_delta_se],
@@ -57,15 +65,21 @@ def _flatness_of(
     }
 
 
-def _ensemble_train_accuracy(config: Config, state: dict[str, Any], data: Dataset) -> float:
-    """The output ensemble of the replicas, on the summary's train prefix (averaged class
-    probabilities, evaluated in chunks as the replicas' own train accuracy is)."""
-    probs = torch.stack([
-        metrics(_model_from(config, r["flat"], data, False), data.train, EVAL_TRAIN_SAMPLES)[2]
+def _ensemble_train(
+    config: Config, parts: Ingredients, state: dict[str, Any], data: Dataset
+) -> dict[str, float]:
+    """The output ensemble of the replicas on the summary's train prefix, scored as the
+    run scores its ensemble on test (coordinator.ensemble: averaged class probabilities
+    with cross entropy, else averaged outputs; the run's loss and metric):
+    ensemble_train_loss, and ensemble_train_accuracy or _metric when the run has one."""
+    outputs = [
+        metrics(_model_from(config, parts, r["flat"], data, False), data.train,
+                EVAL_TRAIN_SAMPLES, parts.loss, parts.metric)[2].cpu().numpy()
         for r in state["replicas"]
-    ]).mean(0)  # fmt: skip
-    labels = data.train.y[:EVAL_TRAIN_SAMPLES]
-    return float((probs.argmax(1) == labels).float().mean())
+    ]  # fmt: skip
+    targets = data.train.y[:EVAL_TRAIN_SAMPLES].cpu().numpy()
+    scores = ensemble_scores(outputs, targets, parts)
+    return {key.replace("_test_", "_train_"): value for key, value in scores.items()}
 
 
 def measure_models(
@@ -76,14 +90,18 @@ def measure_models(
     if found is None:
         raise RuntimeError(f"{run_dir.path} has no checkpoint")
     _, state = found
-    data = held_out(load_dataset(config.data.dataset, config.data.root), config.data.validation)
+    parts = Ingredients.from_config(config)
+    data = parts.load_data(config)  # what the replicas trained on (held_out as they did)
     n = min(flat.subset, len(data.train.y))
     x, y = data.train.x[:n], data.train.y[:n]
     if method in REPLICA_ROWS:
         vectors = [(r["flat"], False) for r in state["replicas"]]
     else:
         vectors = [(state["center"], True)]
-    per_model = [_flatness_of(_model_from(config, v, data, c), x, y, flat) for v, c in vectors]
+    per_model = [
+        _flatness_of(_model_from(config, parts, v, data, c), x, y, flat, parts.loss)
+        for v, c in vectors
+    ]
     out: dict[str, Any] = {
         "sigmas": list(flat.sigmas),
         "noise": "multiplicative",
@@ -95,7 +113,7 @@ def measure_models(
         "lambda_max": float(np.mean([m["lambda_max"] for m in per_model])),
     }
     if method == "sgd":  # the ensemble row reads the sgd run
-        out["ensemble_train_accuracy"] = _ensemble_train_accuracy(config, state, data)
+        out |= _ensemble_train(config, parts, state, data)
     return out
 
 

@@ -9,7 +9,10 @@ replicas from their newest verified checkpoints, with every measure of docs/algo
   (Hutchinson) and spectral density (stochastic Lanczos quadrature).
 
 All of them on a STATED subset: the first `--subset` training samples (and the first
-`--subset` test samples for the test split of δE); test accuracy on the whole test set.
+`--subset` test samples for the test split of δE), with the run's own model, data and
+loss (train.loss: cross-entropy, mse or a user's, through foundation.ingredients); the
+test number the run is judged by (its accuracy, a user's metric, or its loss when it has
+no metric) on the whole test set.
 A center's BatchNorm statistics are recomputed first on the data the run trained on, as
 its replicas do (averaged statistics do not belong to the averaged weights); a replica
 keeps its own.
@@ -34,6 +37,8 @@ from typing import Any
 
 import torch
 
+from foundation.config import Config
+from foundation.fields import ConfigError
 from jobs.cli import fail, guarded
 from jobs.flatness.inputs import LoadedRun, dataset_of, model_specs, open_run
 from jobs.flatness.report import write_outputs, written
@@ -142,9 +147,11 @@ def _report(args: argparse.Namespace) -> int:
     )
     try:
         results = run_measurements(specs, settings, local=args.local)
-    except FlatnessError:
+    except ConfigError:
         raise  # bad input found late (no GPU in the cluster): exit 2, as before any task
     except Exception as err:  # a task's failure: one line, not Ray's wrapped traceback
+        if isinstance(getattr(err, "cause", None), ConfigError):
+            raise  # e.g. a user module a worker node cannot import: exit 2, naming the key
         return fail(f"measuring failed: {_first_line(err)}", 1)
     summary = write_outputs(
         run,
@@ -183,17 +190,40 @@ def _open_runs(args: argparse.Namespace, settings: Settings) -> tuple[LoadedRun,
         raise FlatnessError(f"--max-replicas must be >= 0, got {args.max_replicas}")
     run = open_run(args.run)
     baseline = open_run(args.baseline) if args.baseline else None
-    if baseline is not None and baseline.config.data.dataset != run.config.data.dataset:
-        raise FlatnessError(
-            f"the baseline was trained on {baseline.config.data.dataset}, the run on "
-            f"{run.config.data.dataset}: their flatness is not comparable"
-        )
+    if baseline is not None:
+        _check_comparable(run, baseline)
     if args.local and settings.device.startswith("cuda") and not torch.cuda.is_available():
         raise FlatnessError(f"--device {settings.device} --local: no CUDA device here")
     dataset_of(run.config)  # a missing data path fails here, before any task starts
     if baseline is not None:
         dataset_of(baseline.config)
     return run, baseline
+
+
+def _check_comparable(run: LoadedRun, baseline: LoadedRun) -> None:
+    """The same data, the same loss (the landscape measured) and the same metric (the
+    test number printed beside it), or FlatnessError saying which differs."""
+    mine, theirs = run.config, baseline.config
+    if _data_name(theirs) != _data_name(mine):
+        raise FlatnessError(
+            f"the baseline was trained on {_data_name(theirs)}, the run on "
+            f"{_data_name(mine)}: their flatness is not comparable"
+        )
+    if theirs.train.loss != mine.train.loss:
+        raise FlatnessError(
+            f"the baseline was trained with train.loss = {theirs.train.loss!r}, the run with "
+            f"{mine.train.loss!r}: the landscapes of two losses are not comparable"
+        )
+    if baseline.parts.metric is not run.parts.metric:
+        raise FlatnessError(
+            f"the baseline is judged by train.metric = {theirs.train.metric!r}, the run by "
+            f"{mine.train.metric!r}: set the same metric for both"
+        )
+
+
+def _data_name(config: Config) -> str:
+    kwargs = config.data.kwargs
+    return config.data.dataset + (f" {kwargs}" if kwargs else "")
 
 
 def _first_line(err: Exception) -> str:

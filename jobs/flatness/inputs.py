@@ -1,6 +1,9 @@
 """What is measured: a run directory's newest verified checkpoint, as one spec per model,
 and each spec made into a model in eval mode.
 
+The model, the data, the loss and the metric are the run's own, resolved from its
+config by foundation.ingredients where the measuring runs (a user's import path is
+imported there; one that cannot be is one line naming its key, exit status 2).
 A center's BatchNorm statistics are recomputed by foundation.evaluation on the run's own
 training data (held_out: without the validation part when data.validation > 0), the code
 and the data replicas/replica.py uses, so that "the center" here is the run's center.
@@ -8,7 +11,8 @@ and the data replicas/replica.py uses, so that "the center" here is the run's ce
 
 from __future__ import annotations
 
-import functools
+import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,9 +23,9 @@ from torch import nn
 from coordinator import checkpoint
 from coordinator.rundir import RunDir
 from foundation.config import Config, ConfigError, config_from_text
-from foundation.data import Dataset, held_out, load_dataset
+from foundation.data import Dataset, held_out
 from foundation.evaluation import has_batchnorm, load_vector_
-from foundation.models import build_model
+from foundation.ingredients import Ingredients
 from foundation.storage import Storage
 from jobs.flatness.settings import FlatnessError
 
@@ -47,6 +51,8 @@ class LoadedRun:
     config: Config
     round: int
     state: dict[str, Any]
+    parts: Ingredients
+    """The run's model, data, loss and metric, resolved here (the tasks resolve their own)."""
 
 
 def split_run(spec: str) -> tuple[str, str]:
@@ -77,7 +83,21 @@ def open_run(spec: str) -> LoadedRun:
         skipped = f" ({len(corrupt)} corrupt skipped)" if corrupt else ""
         raise FlatnessError(f"no verified checkpoint in {shown}/checkpoints{skipped}")
     round_, state = found
-    return LoadedRun(run, config, round_, state)
+    return LoadedRun(run, config, round_, state, _ingredients(run.path, config))
+
+
+def _ingredients(path: str, config: Config) -> Ingredients:
+    """The run's ingredients, or FlatnessError naming the run and the key that failed
+    (a model or loss whose module cannot be imported here, say)."""
+    try:
+        return ingredients_of(config)
+    except ConfigError as err:
+        raise FlatnessError(f"{path}/config.toml: {err}") from None
+
+
+def ingredients_of(config: Config) -> Ingredients:
+    """The model, data, loss and metric a config names (ConfigError naming the key)."""
+    return Ingredients.from_config(config)
 
 
 def _check_exists(storage: str, name: str, shown: str) -> None:
@@ -112,38 +132,51 @@ def model_specs(loaded: LoadedRun, group: str, max_replicas: int | None = None) 
     return specs
 
 
-@functools.lru_cache(maxsize=2)
-def _dataset(name: str, root: str) -> Dataset:
-    return load_dataset(name, root)
+_CACHE: dict[tuple[Any, ...], Dataset] = {}
+CACHED = 4  # data sets kept: the whole set and the trained-on part, of a run and a baseline
 
 
-@functools.lru_cache(maxsize=2)
-def _trained_on(name: str, root: str, validation: float) -> Dataset:
-    # Cached because held_out copies the rows it keeps: once per data set, not per model.
-    return held_out(_dataset(name, root), validation)
+def _cached(key: tuple[Any, ...], load: Callable[[], Dataset]) -> Dataset:
+    # Once per data set, not per model: a user's loader may be slow, and held_out copies
+    # the rows it keeps. Keyed by what names the data (kwargs as sorted JSON, hashable).
+    if key not in _CACHE:
+        while len(_CACHE) >= CACHED:
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[key] = load()
+    return _CACHE[key]
+
+
+def _data_key(config: Config) -> tuple[str, str, str]:
+    data = config.data
+    return data.dataset, json.dumps(data.kwargs, sort_keys=True, default=str), data.root
 
 
 def dataset_of(config: Config) -> Dataset:
     """The whole data set: the measures' stated subsets and the whole test set."""
-    return _dataset(config.data.dataset, config.data.root)
+    root = config.data.root
+    return _cached(("whole", *_data_key(config)), lambda: ingredients_of(config).data.load(root))
 
 
 def trained_on(config: Config) -> Dataset:
-    """The data the run trained on (its replicas' data): the training set without the
-    validation part when data.validation > 0. A center's BatchNorm statistics come from it."""
-    return _trained_on(config.data.dataset, config.data.root, config.data.validation)
+    """The data the run trained on (its replicas' data, Ingredients.load_data): the
+    training set without the validation part when data.validation > 0. A center's
+    BatchNorm statistics come from it."""
+    fraction = config.data.validation
+    key = ("trained", *_data_key(config), fraction)
+    return _cached(key, lambda: held_out(dataset_of(config), fraction))
 
 
-def prepare_model(spec: ModelSpec, device: str = "cpu") -> tuple[nn.Module, str]:
+def prepare_model(
+    spec: ModelSpec, device: str = "cpu", parts: Ingredients | None = None
+) -> tuple[nn.Module, str]:
     """The model of a spec, in eval mode; a center gets its BatchNorm statistics
     recomputed exactly as replicas/replica.py does. Returns the model and a line saying
     where its BatchNorm statistics come from."""
     config = spec.config
+    parts = parts if parts is not None else ingredients_of(config)
     data = trained_on(config)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)  # every weight is overwritten; only keeps the global RNG alone
-        model = build_model(config.model.arch, data.input_shape, data.num_classes)
-    model = model.to(device)
+    # Seed 0 in a forked RNG: every weight is overwritten, the caller's RNG is left alone.
+    model = parts.new_model(data, seed=0).to(device)
     batch = config.data.batch_size
     count = load_vector_(
         model, torch.tensor(spec.vector), data, center=spec.role == "center",

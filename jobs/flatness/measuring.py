@@ -1,5 +1,6 @@
 """Every measure of one model on the stated subsets: a plain function, which the Ray task
-and the rescaling check only call."""
+and the rescaling check only call. Everything is measured with the run's own loss (and
+its test numbers with its metric, when it has one): the landscape of the loss it trained."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from torch import Tensor, nn
 
 from foundation.data import Dataset
 from foundation.evaluation import metrics
+from foundation.ingredients import Ingredients
+from foundation.registry import LossFn
 from jobs.flatness.settings import SPLITS, Settings
 from landscape import (
     NOISES,
@@ -19,6 +22,7 @@ from landscape import (
     LocalEnergy,
     SpectralDensity,
     TraceEstimate,
+    has_labels,
     hessian_spectral_density,
     hessian_top_eigenvalues,
     hessian_trace,
@@ -34,16 +38,26 @@ Subsets = dict[str, tuple[Tensor, Tensor]]
 class Measured:
     """Every measure of one model (the plain-function result; tests read it directly)."""
 
-    test_accuracy: float
     test_loss: float
+    test_metric: float | None
+    metric_name: str | None
+    """"accuracy", "metric" (a user's) or None (the run has no metric: the loss is its
+    headline), as Ingredients.metric_name."""
+    labels: bool
+    """The targets are class labels: only then are the error rates of δE measured."""
     energy: dict[tuple[str, str], LocalEnergy]
-    """(noise, split) → δE curves."""
+    """(noise, split) → δE curves (their error fields mean nothing without labels)."""
     eigen: Eigenvalues
     trace: TraceEstimate
     density: SpectralDensity
     seconds: dict[str, float]
     n_train: int
     n_test: int
+
+    @property
+    def kind(self) -> str:
+        """What the test numbers are judged by: "accuracy", "metric" or "loss"."""
+        return self.metric_name or "loss"
 
 
 @dataclass
@@ -56,10 +70,12 @@ class _Hessian:
 def measure(
     model: nn.Module,
     data: Dataset,
+    parts: Ingredients,
     settings: Settings,
     progress: ProgressFn | None = None,
 ) -> Measured:
-    """All measures of one model on the stated subsets (see Settings)."""
+    """All measures of one model on the stated subsets (see Settings), with the run's
+    loss and metric (`parts`)."""
     device = next(model.parameters()).device
     n_train = min(settings.subset, len(data.train.y))
     n_test = min(settings.subset, len(data.test.y))
@@ -72,21 +88,22 @@ def measure(
 
     started = time.perf_counter()
     training = model.training
-    test_loss, test_accuracy, _ = metrics(model, data.test)
+    test_loss, test_metric, _ = metrics(model, data.test, None, parts.loss, parts.metric)
     model.train(training)  # metrics leaves it in train mode; the model came in eval mode
-    assert test_accuracy is not None  # the default metric is accuracy
-    seconds["accuracy"] = time.perf_counter() - started
+    seconds["test"] = time.perf_counter() - started
 
-    energy = _local_energies(model, xs, settings, seconds, say)
-    h = _hessian(model, *xs["train"], settings, seconds, say)
+    energy = _local_energies(model, xs, parts.loss, settings, seconds, say)
+    h = _hessian(model, *xs["train"], parts.loss, settings, seconds, say)
     return Measured(
-        test_accuracy, test_loss, energy, h.eigen, h.trace, h.density, seconds, n_train, n_test
-    )
+        test_loss, test_metric, parts.metric_name, has_labels(data.train.y), energy,
+        h.eigen, h.trace, h.density, seconds, n_train, n_test,
+    )  # fmt: skip
 
 
 def _local_energies(
-    model: nn.Module, xs: Subsets, settings: Settings, seconds: dict[str, float], say: ProgressFn
-) -> dict[tuple[str, str], LocalEnergy]:
+    model: nn.Module, xs: Subsets, loss: LossFn, settings: Settings, seconds: dict[str, float],
+    say: ProgressFn,
+) -> dict[tuple[str, str], LocalEnergy]:  # fmt: skip
     """δE(σ) for each noise on each split; the time of each noise into `seconds`."""
     energy: dict[tuple[str, str], LocalEnergy] = {}
     for noise in NOISES:
@@ -101,6 +118,7 @@ def _local_energies(
                 noise=noise,
                 num_samples=settings.samples,
                 seed=settings.seed,
+                loss_fn=loss,
             )
         seconds[f"local_energy_{noise}"] = time.perf_counter() - started
         say(f"local energy ({noise}) {seconds[f'local_energy_{noise}']:.1f} s")
@@ -111,6 +129,7 @@ def _hessian(
     model: nn.Module,
     x: Tensor,
     y: Tensor,
+    loss: LossFn,
     settings: Settings,
     seconds: dict[str, float],
     say: ProgressFn,
@@ -126,13 +145,16 @@ def _hessian(
             x,
             y,
             k=min(settings.top_k, dim),
+            loss_fn=loss,
             max_steps=settings.lanczos_steps,
             seed=settings.seed,
         )
     seconds["hessian_top_eigenvalue"] = time.perf_counter() - started
     say(f"top eigenvalues {seconds['hessian_top_eigenvalue']:.1f} s ({eigen.steps} HVPs)")
     started = time.perf_counter()
-    trace = hessian_trace(model, x, y, num_samples=settings.trace_samples, seed=settings.seed)
+    trace = hessian_trace(
+        model, x, y, num_samples=settings.trace_samples, loss_fn=loss, seed=settings.seed
+    )
     seconds["hessian_trace"] = time.perf_counter() - started
     say(f"trace {seconds['hessian_trace']:.1f} s ({settings.trace_samples} HVPs)")
     started = time.perf_counter()
@@ -142,6 +164,7 @@ def _hessian(
         y,
         num_probes=settings.density_probes,
         num_steps=settings.density_steps,
+        loss_fn=loss,
         seed=settings.seed,
     )
     seconds["hessian_spectral_density"] = time.perf_counter() - started

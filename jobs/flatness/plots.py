@@ -65,8 +65,9 @@ def _png(fig: Figure) -> bytes:
     return out.getvalue()
 
 
-def local_energy_png(rows: list[Row], samples: int) -> bytes:
-    """2×2 panels: columns multiplicative / additive, rows train / test; loss δE vs σ."""
+def local_energy_png(rows: list[Row], samples: int, loss: str = "cross-entropy, in nats") -> bytes:
+    """2×2 panels: columns multiplicative / additive, rows train / test; loss δE vs σ
+    (`loss` names the run's loss, settings.loss_words)."""
     models = _models(rows)
     fig, axes = plt.subplots(2, 2, figsize=(12, 8.5), squeeze=False)
     for col, noise in enumerate(NOISE_AXES):
@@ -91,7 +92,7 @@ def local_energy_png(rows: list[Row], samples: int) -> bytes:
                 )
             ax.set_title(f"{title}  ({split})", fontsize=9)
             ax.set_xlabel(xlabel)
-            ax.set_ylabel(f"δE = ⟨L(w')⟩ − L(w), {split} cross-entropy (nats)")
+            ax.set_ylabel(f"δE = ⟨L(w')⟩ − L(w), {split} loss\n({loss})")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
     fig.suptitle(
@@ -103,7 +104,7 @@ def local_energy_png(rows: list[Row], samples: int) -> bytes:
     return _png(fig)
 
 
-def hessian_png(rows: list[Row], subset: str) -> bytes:
+def hessian_png(rows: list[Row], subset: str, loss: str = "cross-entropy, in nats") -> bytes:
     """Spectral densities on one common grid and broadening, log y; top-k marked."""
     models = _models(rows)
     nodes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -148,7 +149,7 @@ def hessian_png(rows: list[Row], subset: str) -> bytes:
             transform=ax.transAxes,
             fontsize=8,
         )
-    ax.set_xlabel("Hessian eigenvalue λ (of the mean training cross-entropy, nats per weight²)")
+    ax.set_xlabel(f"Hessian eigenvalue λ of the mean training loss ({loss}), per weight²")
     ax.set_ylabel("spectral density φ(λ) (fraction of eigenvalues per unit λ, log scale)")
     ax.set_title(
         f"Hessian spectrum by stochastic Lanczos quadrature on {subset}\n"

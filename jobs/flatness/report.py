@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 from jobs.flatness.inputs import LoadedRun, dataset_of
 from jobs.flatness.rescaling import RESCALE_SUMMARY, expected_of, observed_of
 from jobs.flatness.rows import SCHEMA, Result, Row
-from jobs.flatness.settings import LOWER_IS_FLATTER, MEASURES, Settings
+from jobs.flatness.settings import LOWER_IS_FLATTER, MEASURES, Settings, loss_words
 from jobs.flatness.verdicts import verdicts
 from landscape import INVARIANCE, INVARIANCE_NOTES, NOISES
 
@@ -45,8 +45,9 @@ def write_outputs(
     out.write_bytes("flatness.parquet", parquet_bytes(rows))
     out.write_json("flatness.json", summary)
     subset = summary["settings"]["hessian_data"]
-    out.write_bytes("plots/local_energy.png", local_energy_png(rows, settings.samples))
-    out.write_bytes("plots/hessian.png", hessian_png(rows, subset))
+    loss = loss_words(run.config.train.loss)
+    out.write_bytes("plots/local_energy.png", local_energy_png(rows, settings.samples, loss))
+    out.write_bytes("plots/hessian.png", hessian_png(rows, subset, loss))
     if settings.rescale_alpha is not None:
         out.write_json(
             "rescale_check.json", _finite(rescale_summary(results, settings.rescale_alpha))
@@ -79,6 +80,8 @@ def report(
             "algorithm": run.config.algorithm.kind,
             "arch": run.config.model.arch,
             "dataset": dataset_of(run.config).name,
+            "loss": run.config.train.loss,
+            "headline": results[0]["summary"]["headline"] if results else None,
             "baseline": None if baseline is None else _baseline(baseline),
             "settings": _settings(run, settings, execution),
             "invariance": {
@@ -115,7 +118,7 @@ def _settings(run: LoadedRun, settings: Settings, execution: str) -> dict[str, A
             "train": f"the first {n_train} of the {total_train} training samples",
             "test": f"the first {n_test} of the {total_test} test samples",
         },
-        "accuracy_data": f"all {total_test} test samples",
+        "test_data": f"all {total_test} test samples",
         "report_sigmas": {n: list(settings.report_sigmas(n)) for n in NOISES},
         "execution": execution,
         "rule": LOWER_IS_FLATTER,

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from foundation.data import Dataset
+from foundation.ingredients import Ingredients
 from jobs.flatness.measuring import Measured, ProgressFn, measure
 from jobs.flatness.rows import energy_at
 from jobs.flatness.settings import MEASURES, SPLITS, Settings
@@ -68,7 +69,8 @@ def _points(m: Measured, name: str) -> list[tuple[float, float]]:
         for split in SPLITS:
             e = m.energy[noise, split]
             points += list(zip(e.loss_delta.tolist(), e.loss_delta_se.tolist(), strict=True))
-            points += list(zip(e.error_delta.tolist(), e.error_delta_se.tolist(), strict=True))
+            if m.labels:  # without class labels the error fields are not measured
+                points += list(zip(e.error_delta.tolist(), e.error_delta_se.tolist(), strict=True))
         return points
     if name == "hessian_top_eigenvalue":
         return list(zip(m.eigen.values.tolist(), m.eigen.residuals.tolist(), strict=True))
@@ -81,6 +83,7 @@ def rescale_check(
     model: nn.Module,
     data: Dataset,
     before: Measured,
+    parts: Ingredients,
     settings: Settings,
     progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
@@ -97,7 +100,7 @@ def rescale_check(
     diff, scale = _prediction_change(model, rescaled, data, settings.subset)
     if progress:
         progress(f"rescaled by α={alpha:g}: max |Δ logit| = {diff:.2e}; measuring again")
-    after = measure(rescaled, data, settings, progress)
+    after = measure(rescaled, data, parts, settings, progress)
     return {
         "alpha": alpha,
         "pairs": [list(p) for p in pairs],

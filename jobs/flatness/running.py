@@ -12,11 +12,11 @@ from typing import Any
 import torch
 
 from foundation.models import count_parameters
-from jobs.flatness.inputs import ModelSpec, dataset_of, prepare_model
+from jobs.flatness.inputs import ModelSpec, dataset_of, ingredients_of, prepare_model
 from jobs.flatness.measuring import ProgressFn, measure
 from jobs.flatness.rescaling import rescale_check
 from jobs.flatness.rows import Result, rows_of, summary_of
-from jobs.flatness.settings import MEASURES, FlatnessError, Settings
+from jobs.flatness.settings import MEASURES, SHORT, FlatnessError, Settings, shown
 
 
 def measure_model(
@@ -24,10 +24,11 @@ def measure_model(
 ) -> Result:
     """Everything about one model as plain data: tidy rows, a summary, the rescale check."""
     started = time.perf_counter()
-    model, bn_note = prepare_model(spec, settings.device)
+    parts = ingredients_of(spec.config)  # resolved here: a Ray task imports user code itself
+    model, bn_note = prepare_model(spec, settings.device, parts)
     loaded = time.perf_counter() - started
     data = dataset_of(spec.config)
-    measured = measure(model, data, settings, progress)
+    measured = measure(model, data, parts, settings, progress)
     measured.seconds["load_and_batchnorm"] = loaded
     result: Result = {
         "name": spec.name,
@@ -37,6 +38,7 @@ def measure_model(
         "round": spec.round,
         "arch": spec.config.model.arch,
         "algorithm": spec.config.algorithm.kind,
+        "loss": spec.config.train.loss,
         "parameters": count_parameters(model),
         "batchnorm": bn_note,
         "measured_by": {"host": socket.gethostname(), "pid": os.getpid()},
@@ -46,7 +48,7 @@ def measure_model(
     seconds = result["summary"]["wall_seconds"]
     if settings.rescale_alpha is not None:
         rescale_started = time.perf_counter()
-        result["rescale"] = rescale_check(model, data, measured, settings, progress)
+        result["rescale"] = rescale_check(model, data, measured, parts, settings, progress)
         seconds["rescale_check"] = time.perf_counter() - rescale_started
     seconds["total"] = time.perf_counter() - started
     return result
@@ -124,6 +126,6 @@ def _done_line(result: Result) -> str:
         parts += " · then all again, α-rescaled"
     return (
         f"{result['name']}: done in {seconds['total']:.1f} s ({parts}); λ_max "
-        f"{s['top_eigenvalue']:.4g}, tr H {s['trace']['mean']:.4g}, test acc "
-        f"{s['test_accuracy']:.4f}"
+        f"{s['top_eigenvalue']:.4g}, tr H {s['trace']['mean']:.4g}, "
+        f"{SHORT[s['headline']]} {shown(s['headline'], s[s['headline']])}"
     )

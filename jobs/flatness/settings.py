@@ -11,10 +11,24 @@ from landscape import INVARIANCE, Noise
 MEASURES: tuple[str, ...] = tuple(INVARIANCE)
 SPLITS: tuple[str, ...] = ("train", "test")
 LOWER_IS_FLATTER = "lower is flatter for every measure here"
+SHORT: dict[str, str] = {"test_accuracy": "test acc", "test_metric": "test metric",
+                         "test_loss": "test loss"}  # fmt: skip
+"""The printed name of each test number a model can be judged by (summary `headline`)."""
 DEFAULT_SIGMAS: tuple[float, ...] = tuple(round(0.05 * i, 10) for i in range(11))
 """Multiplicative σ: relative size of the shake, 0 … 0.5 (w' = w (1 + σ z))."""
 DEFAULT_ADDITIVE_SIGMAS: tuple[float, ...] = tuple(round(0.005 * i, 10) for i in range(11))
 """Additive σ: absolute, in weight units, 0 … 0.05 (w' = w + σ z)."""
+
+
+def shown(key: str, value: float) -> str:
+    """A test number as printed: a fraction to 4 decimals, a loss (of any scale, e.g. a
+    regression's squared error) to 4 significant digits."""
+    return f"{value:.4g}" if key == "test_loss" else f"{value:.4f}"
+
+
+def loss_words(loss: str) -> str:
+    """train.loss as the report's text names it, with its unit where it has one."""
+    return {"cross_entropy": "cross-entropy, in nats", "mse": "mean squared error"}.get(loss, loss)
 
 
 class FlatnessError(ConfigError):

@@ -7,7 +7,7 @@ from typing import Any
 
 from jobs.flatness.rescaling import RESCALE_SUMMARY, expected_of, observed_of
 from jobs.flatness.rows import Result
-from jobs.flatness.settings import LOWER_IS_FLATTER, MEASURES, Settings
+from jobs.flatness.settings import LOWER_IS_FLATTER, MEASURES, SHORT, Settings, loss_words, shown
 
 CAVEAT = (
     "  The ± of λ_max is its Lanczos residual bound, not a sampling error: λ_max is that of "
@@ -20,10 +20,14 @@ CAVEAT = (
 
 
 def table(results: list[Result], settings: Settings) -> str:
-    """One line per model: test accuracy, λ_max, tr H and the multiplicative δE."""
+    """One line per model: its test number (accuracy, a user's metric, or the loss when
+    the run has no metric), λ_max, tr H and the multiplicative δE."""
     lo, hi = settings.report_sigmas("multiplicative")
+    # The run and its baseline are judged by the same number (command.py checks).
+    judged = results[0]["summary"]["headline"] if results else "test_accuracy"
+    width = max(8, len(SHORT[judged]))
     header = (
-        f"{'model':<22} {'test acc':>8} {'λ_max':>9} {'tr H ± se':>19} "
+        f"{'model':<22} {SHORT[judged]:>{width}} {'λ_max':>9} {'tr H ± se':>19} "
         f"{f'δE×(σ={lo:g}) ± se':>20} {f'δE×(σ={hi:g}) ± se':>20}"
     )
     lines = [header]
@@ -37,7 +41,7 @@ def table(results: list[Result], settings: Settings) -> str:
         flag = "" if s["lanczos_converged"] else " (Lanczos not converged)"
         name = r["name"] + ("*" if _averaged_only(r) else "")
         lines.append(
-            f"{name:<22} {s['test_accuracy']:>8.4f} {s['top_eigenvalue']:>9.4g} "
+            f"{name:<22} {shown(judged, s[judged]):>{width}} {s['top_eigenvalue']:>9.4g} "
             f"{trace:>19} {cells[0]:>20} {cells[1]:>20}{flag}"
         )
     n = results[0]["summary"]["subset"]["train"] if results else settings.subset
@@ -46,10 +50,11 @@ def table(results: list[Result], settings: Settings) -> str:
             "* the center of an sgd run: the average of independently trained replicas, not a "
             "trained model (compare with its replicas)"
         )
+    loss = loss_words(results[0]["loss"] if results else "cross_entropy")
     lines.append(
-        f"λ_max, tr H: Hessian of the mean training cross-entropy on the first {n} training "
-        f"samples; δE×: multiplicative local energy, train loss rise in nats, M = "
-        f"{settings.samples}, seed {settings.seed}; test acc on the whole test set."
+        f"λ_max, tr H: Hessian of the mean training loss ({loss}) on the first {n} training "
+        f"samples; δE×: multiplicative local energy, the rise of that loss on them, M = "
+        f"{settings.samples}, seed {settings.seed}; {SHORT[judged]} on the whole test set."
     )
     return "\n".join(lines)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from jobs.flatness.rows import Result
-from jobs.flatness.settings import Settings
+from jobs.flatness.settings import SHORT, Settings, shown
 from landscape import INVARIANCE, NOISES, Noise
 
 
@@ -54,7 +54,7 @@ def verdicts(
             c = _value(by_name["center"], name, settings, at)
             others = {m: _value(by_name[m], name, settings, at) for m in members}
             out.append(_verdict(name, short, label, c, others))
-        out.append(_accuracies(label, by_name, members))
+        out.append(_test_numbers(label, by_name, members))
     return out
 
 
@@ -103,18 +103,21 @@ def _verdict(
     }
 
 
-def _accuracies(against: str, by_name: dict[str, Any], members: list[str]) -> dict[str, Any]:
-    """Test accuracy beside the verdicts, with no verdict of its own: it is not a
+def _test_numbers(against: str, by_name: dict[str, Any], members: list[str]) -> dict[str, Any]:
+    """The test number the run is judged by (accuracy, a user's metric, or the loss when
+    it has no metric) beside the verdicts, with no verdict of its own: it is not a
     flatness measure, only what flatness is hoped to predict."""
-    acc = by_name["center"]["test_accuracy"]
-    accs = ", ".join(f"{by_name[m]['test_accuracy']:.4f}" for m in members)
+    key = by_name["center"]["headline"]  # test_accuracy, test_metric or test_loss
+    kind = key.removeprefix("test_")
+    center = by_name["center"][key]
+    others = ", ".join(shown(key, by_name[m][key]) for m in members)
     return {
-        "measure": "accuracy",
-        "label": "test acc",
+        "measure": kind,
+        "label": SHORT[key],
         "against": against,
         "verdict": None,
-        "center": [acc, None],
-        "others": {m: [by_name[m]["test_accuracy"], None] for m in members},
+        "center": [center, None],
+        "others": {m: [by_name[m][key], None] for m in members},
         "invariant": None,
-        "text": f"{'test accuracy':<16} center {acc:.4f} vs {accs}",
+        "text": f"{'test ' + kind:<16} center {shown(key, center)} vs {others}",
     }

@@ -32,7 +32,8 @@ def trial_row(sweep: Sweep, result: Any) -> Row:
     row |= {key: plain(sweep.space[key].clip(config.get(key))) for key in sweep.space}
     row |= {"status": status, "reports": m.get("training_iteration")}
     row |= {key: m.get(key) for key in REPORTED}
-    row |= {"ensemble_test_accuracy": m.get("ensemble_test_accuracy")}
+    row |= {k: v for k, v in m.items() if k.startswith(("center_test_", "ensemble_test_"))}
+    row.setdefault(sweep.sweep.metric, None)
     row |= {key: m.get(key) for key in ("exploits", "restored_from", "restored_round")}
     row["restored_from"] = row["restored_from"] or None
     row["run_dir"] = join(sweep.base.run.storage, sweep.sweep.name, "runs", str(row["trial"]))
@@ -89,9 +90,11 @@ def _cell(value: Any) -> str:
 
 
 def table_text(sweep: Sweep, rows: list[Row]) -> str:
-    keys = [*sweep.space, "status", "round", "center_test_accuracy", "mean_loss", "mean_distance"]
-    acc = "center val acc" if sweep.base.data.validation else "center acc"
-    heads = {"center_test_accuracy": acc, "mean_loss": "loss", "mean_distance": "dist"}
+    metric = sweep.sweep.metric
+    keys = [*sweep.space, "status", "round", metric, "mean_loss", "mean_distance"]
+    shown = metric.removeprefix("center_test_").replace("accuracy", "acc")
+    head = f"center {'val ' if sweep.base.data.validation else ''}{shown}"
+    heads = {metric: head, "mean_loss": "loss", "mean_distance": "dist"}
     table = [["trial", *(heads.get(k, k) for k in keys)]]
     table += [[str(r["trial"]), *(_cell(r.get(k)) for k in keys)] for r in rows]
     if any(r.get("restored_from") for r in rows):  # a column only where PBT moved a run

@@ -14,11 +14,13 @@ from typing import Any
 
 from foundation.config import Config, ConfigError, load_config, parse_value, to_dict
 from foundation.fields import checked_value, knob, read_toml
+from foundation.ingredients import metric_kind
 from foundation.storage import name_problem
 from jobs import CONFIG_DIR
 from jobs.sweep.space import Distribution, SweepError, parse_space, raw, unknown_key
 
-METRICS = {"center_test_accuracy": "max", "mean_loss": "min", "mean_distance": "min"}
+METRICS = {"center_test_accuracy": "max", "center_test_metric": "max", "center_test_loss": "min",
+           "mean_loss": "min", "mean_distance": "min"}  # fmt: skip
 # What a run can take over from another run's checkpoint (Coordinator allow_changes):
 # the only keys PBT perturbs during a run.
 PBT_MUTABLE = ("algorithm.lr", "scoping.gamma0")
@@ -185,6 +187,7 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     space_table = sweep_table.pop("space", None)
     sweep = SweepConfig()
     _fill(sweep, sweep_table, "sweep")
+    _check_metric_is_reported(sweep.metric, base)
     problem = name_problem(sweep.name)
     if problem is not None:  # the sweep directory is <run.storage>/<sweep.name>
         raise SweepError(f"sweep.name = {sweep.name!r} {problem}: it must be a plain name")
@@ -195,3 +198,15 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
             "put at least one of them in sweep.space"
         )
     return result
+
+
+def _check_metric_is_reported(metric: str, base: Config) -> None:
+    """A metric the runs never report would rank every trial as missing."""
+    kind = metric_kind(base.train.metric, base.train.loss)
+    wanted = metric.removeprefix("center_test_")
+    if wanted in ("accuracy", "metric") and wanted != kind:
+        reported = f"center_test_{kind}" if kind else "center_test_loss (no metric)"
+        raise SweepError(
+            f"sweep.metric = {metric}, but the runs report {reported} "
+            f"(train.loss = {base.train.loss!r}, train.metric = {base.train.metric!r})"
+        )

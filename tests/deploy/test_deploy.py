@@ -603,6 +603,7 @@ def test_dockerfile_follows_the_rules() -> None:
         "jobs",
         "landscape",
         "replicas",
+        "widevalley",
     ]
     assert dockerfile_problems(DOCKERFILE.read_text(), PACKAGES) == []
 

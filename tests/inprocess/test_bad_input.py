@@ -1,10 +1,11 @@
 """Every row of docs/reliability.md's bad-input table, run through the real CLI."""
 
+import json
 import re
-import shlex
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,19 +35,27 @@ def test_the_table_has_every_kind_of_bad_input() -> None:
         assert needed in joined, needed
 
 
-@pytest.mark.parametrize(("what", "args", "message"), ROWS, ids=[r[0] for r in ROWS])
-def test_bad_input_fails_with_its_one_line(
-    what: str, args: str, message: str, tmp_path: Path
-) -> None:
-    tmp = str(tmp_path)
-    extra = shlex.split(args.replace("$TMP", tmp))
-    command = [sys.executable, "-m", "jobs.train", "--set", f"run.storage={tmp}/runs",
-               "--set", f"data.root={tmp}/data", *extra]  # fmt: skip
-    env = {"PATH": "/usr/bin:/bin", "HOME": tmp}  # no RAY_ADDRESS: never a shared cluster
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    """Every row through jobs.train.main, all in one subprocess (the imports once)."""
+    base = tmp_path_factory.mktemp("bad")
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(base)}  # no RAY_ADDRESS: never a shared cluster
     done = subprocess.run(
-        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=180, check=False
-    )
-    assert done.returncode == 2, done.stdout + done.stderr
-    assert done.stderr.strip() == message.replace("$TMP", tmp), done.stderr
-    assert "Traceback" not in done.stdout + done.stderr
-    assert not re.search(r"round +\d+/", done.stdout), "no round may have started"
+        [sys.executable, "-m", "tests.inprocess.bad_input_runner", str(base),
+         json.dumps([args for _, args, _ in ROWS])],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    assert done.returncode == 0 and len(lines) == len(ROWS), done.stdout + done.stderr
+    return [{**json.loads(line), "tmp": str(base / f"row{i}")} for i, line in enumerate(lines)]
+
+
+@pytest.mark.parametrize("row", range(len(ROWS)), ids=[r[0] for r in ROWS])
+def test_bad_input_fails_with_its_one_line(row: int, outcomes: list[dict[str, Any]]) -> None:
+    _, _, message = ROWS[row]
+    done = outcomes[row]
+    assert done["code"] == 2, done
+    assert done["stderr"].strip() == message.replace("$TMP", done["tmp"]), done["stderr"]
+    assert "Traceback" not in done["stdout"] + done["stderr"]
+    assert not re.search(r"round +\d+/", done["stdout"]), "no round may have started"
+    assert done["written"] == [], "nothing may be written into the run directory"

@@ -11,9 +11,12 @@ from typing import Any
 
 import pytest
 
+from foundation.config import load_config
 from jobs import CONFIG_DIR
+from jobs.compare.driver import choose
+from jobs.compare.headline import Headline
 from jobs.compare.methods import METHODS, SWEPT
-from jobs.compare.plan import hp_label, job_config
+from jobs.compare.plan import Job, hp_label, job_config
 from jobs.compare.protocol import CompareError, load_protocol
 from jobs.compare.stats import aggregate, spearman, spearman_critical, verdict
 from jobs.compare.tables import flatness_lines, fmt, fmt_sci, table_lines, verdict_lines
@@ -167,3 +170,74 @@ def test_a_dataset_that_cannot_load_is_one_line_and_exit_2(tmp_path: Path) -> No
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith("wv: error: Cannot write the dataset cache in /proc/nonexistent/")
     assert not (tmp_path / "runs").exists() and not (tmp_path / "out").exists()
+
+
+def loss_row(method: str, seed: int, test: float) -> dict[str, Any]:
+    """A row of a comparison whose runs have no metric: ranked by test loss."""
+    return {
+        "model": "net", "method": method, "seed": seed, "headline": "loss",
+        "headline_mode": "min", "test_loss": test, "train_loss": test - 0.1, "gap": 0.1,
+        "dE_0": 0.01, "dE_1": 0.1 * (1 + seed), "lambda_max": 3.0, "wall_seconds": 10.0,
+    }  # fmt: skip
+
+
+def test_a_loss_headline_is_ranked_lower_is_better_and_said_so() -> None:
+    h = Headline("loss")
+    rows = [
+        loss_row(m, s, v + 0.01 * s) for m, v in (("sgd", 0.9), ("rsgd", 0.5)) for s in range(3)
+    ]
+    agg = aggregate(rows)
+    assert set(agg[("net", "rsgd")]) >= {"test_loss", "train_loss"}
+    assert "test_accuracy" not in agg[("net", "rsgd")]
+    head, _, *body = table_lines(agg, "net", (0.1, 0.3), h)
+    assert head.startswith("| method | test loss | train loss | gap (test − train) |")
+    assert body[0].startswith("| SGD | 0.910 ± 0.010 | 0.810 ± 0.010 | 0.100 ± 0.000 |")
+    (line,) = verdict_lines(agg, "net", h)
+    assert line.startswith("- **rSGD center**: beat SGD (0.510 ± 0.010 vs 0.910 ± 0.010")
+    assert verdict((0.9, 0.01, 3), (0.5, 0.01, 3), h) == "lost"
+    # Flatter (a smaller δE) going with a LOWER loss is ρ > 0, and reads as "better".
+    methods = ["sgd", "sgd_long", "rsgd", "esgd", "parle", "easgd"]
+    ranked = [loss_row(m, s, 0.1 * k) | {"dE_1": 0.1 * k} for k, m in enumerate(methods)
+              for s in range(2)]  # fmt: skip
+    line = flatness_lines(aggregate(ranked), "net", (0.1, 0.3), h)[0]
+    assert (
+        "vs test loss" in line
+        and "ρ = +1.00 (flatter (smaller) went with better test loss)" in line
+    )
+
+
+def test_the_sweep_chooses_the_lowest_validation_loss(tmp_path: Path) -> None:
+    config = load_config(None, [f"run.storage={tmp_path}"])
+    tried = [("algorithm.lr=0.1",), ("algorithm.lr=0.05",), ("algorithm.lr=0.01",)]
+    jobs = [Job("net", "sgd", 100, "sweep", hp, config) for hp in tried]
+    rows = [loss_row("sgd", 0, v) for v in (0.7, math.nan, 0.4)]
+    assert choose(jobs, rows) == {("net", "sgd"): ("algorithm.lr=0.01",)}
+    rows = [loss_row("sgd", 0, v) for v in (math.nan, 0.9, 0.4)]  # nan never wins
+    assert choose(jobs, rows) == {("net", "sgd"): ("algorithm.lr=0.01",)}
+    accuracy = [row("net", "sgd", 0, v) for v in (0.7, 0.9, 0.4)]
+    assert choose(jobs, accuracy) == {("net", "sgd"): ("algorithm.lr=0.05",)}
+
+
+def test_a_protocol_names_user_model_data_and_loss_by_import_path(tmp_path: Path) -> None:
+    protocol = tmp_path / "mine.toml"
+    methods = "".join(f'{m} = "{m}.toml"\n' for m in SWEPT)
+    protocol.write_text(
+        '[compare]\ndataset = "mypkg.data:load"\ndata_kwargs = {length = 40}\n'
+        'models = ["mlp", "mypkg.nets:Net"]\nset = ["train.loss=mypkg.losses:huber"]\n'
+        '[compare.steps]\nmlp = 400\n"mypkg.nets:Net" = 400\n'
+        '[compare.model_kwargs]\n"mypkg.nets:Net" = {hidden = 64, act = "relu"}\n'
+        f"[methods]\n{methods}"
+    )
+    p = load_protocol(protocol)
+    assert p.models == ("mlp", "mypkg.nets:Net") and p.data_kwargs == {"length": 40}
+    cfg = job_config(p, "mypkg.nets:Net", "rsgd", 0, "final", (), 400)
+    assert (cfg.model.arch, cfg.model.kwargs) == ("mypkg.nets:Net", {"hidden": 64, "act": "relu"})
+    assert (cfg.data.dataset, cfg.data.kwargs) == ("mypkg.data:load", {"length": 40})
+    assert cfg.train.loss == "mypkg.losses:huber"
+    assert cfg.run.name == "mypkg.nets:Net-rsgd-s0"  # an import path is a valid run name
+    sweep = job_config(p, "mypkg.nets:Net", "sgd", 100, "sweep", ("algorithm.lr=0.1",), 400)
+    assert sweep.run.name == "sweep-mypkg.nets:Net-sgd-lr=0.1"
+    assert job_config(p, "mlp", "sgd", 0, "final", (), 400).model.kwargs == {}
+    protocol.write_text(protocol.read_text().replace('"mypkg.nets:Net" = {hidden', "cnn = {hidden"))
+    with pytest.raises(CompareError, match=r"model_kwargs names cnn: not in compare\.models"):
+        load_protocol(protocol)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import shutil
 import socket
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from foundation.evaluation import metrics, recompute_batchnorm
 from foundation.models import build_model
 from foundation.storage import Storage
 from jobs import flatness
-from landscape import INVARIANCE, INVARIANCE_NOTES
+from landscape import INVARIANCE, INVARIANCE_NOTES, hessian_top_eigenvalues
 from replicas.replica import Replica
 
 SIGMAS = ["0", "0.25", "0.5"]
@@ -390,3 +391,104 @@ def test_a_run_on_s3_gets_its_report_next_to_it(data_root: Path) -> None:
             )
     finally:
         server.stop()
+
+
+# A user's model, data and loss, named by import path as a config names them: a tiny
+# regression (float targets, one output per row, MSE, no metric), so no accuracy exists.
+HERE = "tests.inprocess.test_flatness_job"
+USER_REGRESSION = [
+    f"model.arch={HERE}:TinyRegressor", "model.kwargs={hidden = 8}",
+    f"data.dataset={HERE}:tiny_regression", "data.kwargs={n = 256}",
+    "train.loss=mse", "data.batch_size=32",
+]  # fmt: skip
+
+
+class TinyRegressor(nn.Module):
+    """One hidden ReLU layer and ONE output per row (a 1-D output, as many regressors
+    return: the flatness report must cope with it)."""
+
+    def __init__(self, input_shape: tuple[int, ...], hidden: int = 4) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Flatten(), nn.Linear(math.prod(input_shape), hidden), nn.ReLU(), nn.Linear(hidden, 1)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.net(x)
+        return out.squeeze(1)
+
+
+def tiny_regression(n: int = 128) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+    """y = sin(x · w) + noise on 4 inputs: n training rows and n / 2 test rows."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n + n // 2, 4, generator=g)
+    y = torch.sin(x @ torch.tensor([1.0, -0.5, 0.25, 2.0])) + 0.1 * torch.randn(len(x), generator=g)
+    return (x[:n], y[:n]), (x[n:], y[n:])
+
+
+@pytest.fixture(scope="module")
+def regression_run(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Path:
+    return train(tmp_path_factory.mktemp("flat-user"), data_root, "regression", *USER_REGRESSION)
+
+
+def test_a_user_regression_model_is_measured_with_its_loss_and_no_accuracy(
+    regression_run: Path,
+) -> None:
+    code, out, err = run_job(["--run", str(regression_run), *FAST])
+    assert code == 0, err
+    run_summary = json.loads((regression_run / "summary.json").read_text())
+    assert run_summary["headline"] == "center_test_loss"  # the run has no metric
+    summary = json.loads((regression_run / "flatness.json").read_text())
+    assert (summary["loss"], summary["headline"]) == ("mse", "test_loss")
+    assert set(summary["models"]) == {"center", "replica 0", "replica 1"}
+    # The run's own center, judged by the run's own loss.
+    center = summary["models"]["center"]
+    assert center["test_loss"] == pytest.approx(run_summary["center_test_loss"], rel=1e-5)
+    for name, model in summary["models"].items():
+        assert (model["headline"], model["headline_mode"]) == ("test_loss", "min")
+        assert not [k for k in model if "accuracy" in k or "error" in k], name
+        for noise in ("multiplicative", "additive"):
+            for points in model["local_energy"][noise].values():
+                assert all(set(p) == {"loss_delta", "loss_delta_stderr"} for p in points.values())
+    rows = pq.read_table(regression_run / "flatness.parquet").to_pylist()
+    scores = {(r["measure"], r["quantity"]) for r in rows if r["invariant"] is None}
+    assert scores == {("loss", "loss")}  # the test loss, and no accuracy row
+    assert not [r for r in rows if r["quantity"] in ("accuracy", "error_delta", "base_error")]
+    assert all(r["value"] == 0.0 for r in rows if r["quantity"] == "loss_delta" and r["sigma"] == 0)
+    # Every measure is of the MSE landscape: the base loss of δE and the top eigenvalues.
+    spec = flatness.model_specs(flatness.open_run(str(regression_run)), "run")[0]
+    model, _ = flatness.prepare_model(spec)
+    data = flatness.dataset_of(spec.config)
+    x, y = data.train.x[:200], data.train.y[:200]
+    with torch.no_grad():
+        mse = float(F.mse_loss(model(x), y))
+    where = ("center", "local_energy_multiplicative", "base_loss", "train")
+    base = [r["value"] for r in rows
+            if (r["model"], r["measure"], r["quantity"], r["split"]) == where]  # fmt: skip
+    assert base == [pytest.approx(mse, rel=1e-6)]
+    eigen = hessian_top_eigenvalues(model, x, y, k=TOP_K, loss_fn=F.mse_loss, max_steps=30)
+    assert center["top_eigenvalues"] == pytest.approx(eigen.values.tolist(), rel=1e-4)
+    # What is printed: a test-loss column and line, the loss named, no accuracy anywhere.
+    header = next(line for line in out.splitlines() if line.startswith("model "))
+    assert "test loss" in header and "λ_max" in header
+    assert "accuracy" not in out and "test acc" not in out
+    assert "Hessian of the mean training loss (mean squared error)" in out
+    lines = [line.strip() for line in out.split("Which is flatter?", 1)[1].splitlines()]
+    assert any(line.startswith("test loss        center ") for line in lines)
+    done = [line for line in out.splitlines() if ": done in " in line]
+    assert len(done) == 3 and all(", test loss " in line for line in done)
+
+
+def test_a_model_that_cannot_be_imported_is_one_line_naming_the_key(
+    regression_run: Path, tmp_path: Path
+) -> None:
+    moved = tmp_path / "moved"
+    shutil.copytree(regression_run, moved)
+    config = moved / "config.toml"
+    config.write_text(config.read_text().replace(f"{HERE}:TinyRegressor", "tests.nowhere:Net"))
+    code, out, err = run_job(["--run", str(moved), "--local"])
+    assert (code, out) == (2, "")
+    assert err == (
+        f"wv: error: {moved}/config.toml: model.arch = 'tests.nowhere:Net': cannot import "
+        "tests.nowhere (ModuleNotFoundError: No module named 'tests.nowhere')\n"
+    )

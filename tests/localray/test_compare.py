@@ -14,10 +14,12 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
+from torch import nn
 
 from jobs import CONFIG_DIR
 from jobs.compare.command import main
-from jobs.compare.methods import LABELS, METHODS
+from jobs.compare.methods import LABELS, METHODS, SWEPT
 
 pytestmark = pytest.mark.ray
 
@@ -168,3 +170,112 @@ def test_cifar10_path_on_standin_data(ray_session: None, tmp_path: Path) -> None
     for r in rows:
         config = (Path(r["run_dir"]) / "config.toml").read_text()
         assert 'dataset = "cifar10"' in config and "weight_decay = 0.0005" in config
+
+
+# A user's model and data, named by import path in the protocol below (the Ray tasks
+# import this module to build them): a tiny regression with the MSE loss and no metric,
+# so the comparison is ranked by test loss, lower is better.
+HERE = "tests.localray.test_compare"
+
+
+class TinyRegressor(nn.Module):
+    def __init__(self, input_shape: tuple[int, ...], hidden: int = 4) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(input_shape[0], hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.net(x)
+        return out
+
+
+def tiny_regression(n: int = 64) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+    """y = sin(x · w) on 4 inputs, one column: n training rows and n / 2 test rows."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n + n // 2, 4, generator=g)
+    y = torch.sin(x @ torch.tensor([1.0, -0.5, 0.25, 2.0])).unsqueeze(1)
+    return (x[:n], y[:n]), (x[n:], y[n:])
+
+
+USER_PROTOCOL = f"""
+[compare]
+dataset = "{HERE}:tiny_regression"
+data_kwargs = {{n = 96}}
+models = ["{HERE}:TinyRegressor"]
+seeds = 1
+replicas = 2
+validation = 0.25
+set = ["train.loss=mse", "data.batch_size=16", "algorithm.coupling_period=2",
+       "algorithm.inner_steps=5"]
+
+[compare.steps]
+"{HERE}:TinyRegressor" = 10
+
+[compare.model_kwargs]
+"{HERE}:TinyRegressor" = {{hidden = 6}}
+
+[methods]
+{"".join(f'{m} = "{m}.toml"{chr(10)}' for m in SWEPT)}
+[sweep]
+sgd = [["algorithm.lr=0.05"], ["algorithm.lr=0.001"]]
+rsgd = [["scoping.gamma0=0.01"]]
+esgd = [["algorithm.lr=0.5"]]
+parle = [["algorithm.lr=0.25"]]
+easgd = [["scoping.gamma0=1.0", "scoping.gamma_max=1.0"]]
+
+[flatness]
+subset = 40
+draws = 3
+sigmas = [0.0, 0.1, 0.3]
+table_sigmas = [0.1, 0.3]
+lanczos_steps = 5
+"""
+
+
+def test_a_user_model_data_and_loss_compared_by_test_loss(
+    ray_session: None, tmp_path: Path
+) -> None:
+    model = f"{HERE}:TinyRegressor"
+    protocol = tmp_path / "mine.toml"
+    protocol.write_text(USER_PROTOCOL)
+    out = tmp_path / "out"
+    argv = ["--config", str(protocol), "--storage", str(tmp_path / "runs"),
+            "--output", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    table = pq.read_table(out / "results" / "compare.parquet")
+    assert "test_loss" in table.schema.names and "test_accuracy" not in table.schema.names
+    rows = table.to_pylist()
+    assert sorted({r["method"] for r in rows}) == sorted(METHODS) and len(rows) == len(METHODS)
+    for r in rows:
+        run = Path(r["run_dir"])
+        assert run.name.startswith(f"{model}-")  # an import path in a valid run name
+        s = json.loads((run / "summary.json").read_text())
+        m = json.loads((run / "compare.json").read_text())
+        config = (run / "config.toml").read_text()
+        assert f'arch = "{model}"' in config and 'loss = "mse"' in config
+        assert '"hidden" = 6' in config and '"n" = 96' in config
+        assert s["headline"] == "center_test_loss" and not [k for k in s if "accuracy" in k]
+        assert (r["headline"], r["headline_mode"], r["loss"]) == ("loss", "min", "mse")
+        k = {"sgd": "replica", "sgd_long": "replica", "esgd": "replica"}.get(r["method"], "center")
+        if r["method"] == "ensemble":
+            test, train = s["ensemble_test_loss"], m["ensemble_train_loss"]
+            assert not [key for key in m if "accuracy" in key]
+        else:
+            test = float(np.mean(s[f"{k}_test_loss"]))
+            train = float(np.mean(s[f"{k}_train_loss"]))
+            assert m["loss_delta"][m["sigmas"].index(0.0)] == 0.0  # δE(0), of the MSE
+            assert r["lambda_max"] == m["lambda_max"] and math.isfinite(r["lambda_max"])
+        assert (r["test_loss"], r["train_loss"]) == (test, train), r["run_dir"]
+        assert r["gap"] == pytest.approx(test - train)
+    text = (out / "RESULTS.md").read_text()
+    assert "accuracy" not in text
+    assert "Ranked by test loss, as the runs have no metric (lower is better)." in text
+    head = next(line for line in text.splitlines() if line.startswith("| method |"))
+    assert head.startswith("| method | test loss | train loss | gap (test − train) |")
+    assert (out / "results" / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (out / "results" / "accuracy.png").exists()
+    # The sweep chose sgd's lr by the LOWER validation loss.
+    sweep = pq.read_table(out / "results" / "sweep.parquet").to_pylist()
+    tried = {r["hyperparameters"]: r["test_loss"] for r in sweep if r["method"] == "sgd"}
+    best = min(tried, key=lambda hp: tried[hp])
+    final_sgd = next(r for r in rows if r["method"] == "sgd")
+    assert final_sgd["hyperparameters"] == best and len(tried) == 2

@@ -1,0 +1,62 @@
+"""Tier 4: the two example projects, as a user runs them: the console script with import
+paths from the project's folder, and `ray job submit --working-dir examples/<name>`.
+
+The projects live outside the package; their model, data and loss are importable only
+from their own folder (the job's working directory on every node).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.support import BIN, RayCli
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.e2e
+SHORT = {"gru_mnist1d": ["train.rounds=4", "train.eval_every=2", "data.kwargs={train_size=400}"],
+         "regression": ["train.rounds=6", "train.eval_every=3"]}  # fmt: skip
+HEADLINE = {"gru_mnist1d": "center_test_accuracy", "regression": "center_test_loss"}
+
+
+def sets(example: str, storage: Path) -> list[str]:
+    items = [*SHORT[example], f"run.storage={storage}"]
+    return [arg for item in items for arg in ("--set", item)]
+
+
+@pytest.mark.parametrize("example", sorted(SHORT))
+def test_the_console_script_trains_an_example_by_its_import_paths(
+    example: str, tmp_path: Path
+) -> None:
+    env = {**os.environ, "RAY_ADDRESS": "local", "PATH": f"{BIN}:{os.environ['PATH']}"}
+    done = subprocess.run(
+        ["widevalley", "train", "--config", "config.toml", *sets(example, tmp_path)],
+        cwd=REPO / "examples" / example, env=env, capture_output=True, text=True,
+        timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = json.loads(next(tmp_path.glob("*/summary.json")).read_text())
+    assert summary["headline"] == HEADLINE[example]
+    kind = "acc" if example == "gru_mnist1d" else "loss"
+    assert f"center test {kind}" in done.stdout
+
+
+@pytest.mark.parametrize("example", sorted(SHORT))
+def test_ray_job_submit_with_the_example_as_working_dir(
+    example: str, head: tuple[str, dict[str, str]], ray_cli: RayCli, tmp_path: Path
+) -> None:
+    address, env = head
+    submitted = ray_cli(
+        "job", "submit", f"--address={address}", f"--working-dir={REPO / 'examples' / example}",
+        "--", "widevalley", "train", "--config", "config.toml", *sets(example, tmp_path),
+        env=env,
+    )  # fmt: skip
+    output = submitted.stdout + submitted.stderr
+    assert submitted.returncode == 0, output
+    assert "center_sha256" in output and "on the Ray cluster at" in output
+    summary = json.loads(next(tmp_path.glob("*/summary.json")).read_text())
+    assert summary["headline"] == HEADLINE[example] and summary["rounds"] > 0
