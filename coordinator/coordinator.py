@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from coordinator import checkpoint, report, snapshot
@@ -71,7 +72,8 @@ class Coordinator:
         self.gamma, self.rho = make_scopes(config)
         self.group = group_factory(config)
         self.round = 0
-        self.rule = CenterRule(config.algorithm.kind)
+        algo = config.algorithm
+        self.rule = CenterRule(algo.kind, algo.outer_lr, algo.outer_momentum)
         self.rows: list[dict[str, Any]] = []
         self.evaluations: list[dict[str, Any]] = []
         self.policy = FailurePolicy(self.group.size, config.train.on_divergence)
@@ -81,6 +83,8 @@ class Coordinator:
             self.run.event("leftovers_removed", names=leftovers)
         self.resumed_from = snapshot.restore(self)
         if self.resumed_from is None:
+            if self.rule.starts_from_initial_weights:  # θ0: the replicas' common init
+                self.rule.start(torch.as_tensor(self.group.states()[0]["flat"]))
             self.run.write_text("config.toml", to_toml(config))
             self.run.event("start", replicas=self.group.size, algorithm=config.algorithm.kind)
 
@@ -115,15 +119,15 @@ class Coordinator:
     def _step(self) -> dict[str, Any]:
         r, gamma, rho = self.round, self.gamma.value(), self.rho.value()
         started = time.perf_counter()
-        outcomes = self.group.run_round(self.rule.sent, gamma, rho)
+        outcomes = self.group.run_round(self.rule.sent, self.rule.pull_gamma(gamma), rho)
         gathered = time.perf_counter()
         failed = self._failures(r + 1, outcomes)  # rounds count from 1 in every record
         good = [a for a in range(self.group.size) if a not in failed]
         stats = {a: _good(outcomes[a])[1] for a in good}
         # Read-only views of what the object store returned: summed row by row, no stacking.
         weights = [readonly_tensor(_good(outcomes[a])[0]) for a in good]
-        alpha = self.config.algorithm.lr * self.gamma.value()
-        spread = self.rule.update(weights, alpha, self.group.num_params)
+        lr, p = self.config.algorithm.lr, self.group.num_params
+        spread = self.rule.update(weights, self.gamma.value(), lr, p)
         distances = dict(zip(good, spread.tolist(), strict=True))
         for a, reason in failed.items():
             self._restart(r + 1, a, reason)

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from flatmath.local_steps import momentum_step_
+
 Replicas = Tensor | Sequence[Tensor]
 """y flat replicas: a [y, n] stack, or y separate [n] vectors (e.g. read-only views of
 the buffers the object store returned: summing them one by one saves stacking copies)."""
@@ -120,3 +122,17 @@ def parle_direction(weights: Tensor, mu: Tensor, center_: Tensor, rho: float) ->
 def parle_outer_step(weights: Tensor, mu: Tensor, center_: Tensor, lr: float, rho: float) -> Tensor:
     """Parle's outer step without momentum: w − η [(w − μ) + ρ (w − w̄)]."""
     return weights - lr * parle_direction(weights, mu, center_, rho)
+
+
+def diloco_outer_step_(
+    center_: Tensor, replicas: Replicas, buf: Tensor | None, lr: float, momentum: float
+) -> Tensor:
+    """DiLoCo's (and local SGD's) outer step on the center θ, in place; returns θ.
+
+    Δ = θ − (1/y) Σ_a θ_a (the pseudo-gradient: where the replicas went, reversed);
+    b ← m b + Δ;  θ ← θ − η_out (Δ + m b)  (Nesterov, as torch.optim.SGD(nesterov=True)).
+    With η_out = 1 and m = 0 it is plain periodic averaging, θ ← mean (local SGD).
+    `buf` (b) is updated in place and may be None only when m = 0.
+    """
+    delta = center_ - center(replicas)
+    return momentum_step_(center_, delta, buf, lr, momentum=momentum, nesterov=True)

@@ -115,7 +115,12 @@ class Scope:
 
     def _resolve_gamma1(self) -> None:
         if self.gamma1 is None and self.gamma0 is not None and self.kind == "exponential":
-            self.gamma1 = auto_gamma1(self.gamma0, self.gamma_max, self.horizon)
+            if self.gamma0 >= self.gamma_max:
+                # A measured γ0 at or past the clip: the schedule is γmax from the start
+                # (auto_gamma1 would have no rate to find, and used to end the run).
+                self.gamma1 = 0.0
+            else:
+                self.gamma1 = auto_gamma1(self.gamma0, self.gamma_max, self.horizon)
 
     def state_dict(self) -> dict[str, Any]:
         """Plain Python values only, so it can live in a checkpoint or a JSON file."""

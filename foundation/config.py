@@ -30,7 +30,7 @@ from foundation.models import ARCHS
 from foundation.registry import LOSS_NAMES, METRIC_NAMES
 from foundation.storage import name_problem
 
-ALGORITHMS: tuple[str, ...] = ("sgd", "rsgd", "esgd", "parle", "easgd")
+ALGORITHMS: tuple[str, ...] = ("sgd", "rsgd", "esgd", "parle", "easgd", "diloco", "localsgd")
 ENTROPY_ALGORITHMS: tuple[str, ...] = ("esgd", "parle")
 
 
@@ -75,13 +75,17 @@ class ModelConfig:
 @dataclass(kw_only=True)
 class AlgorithmConfig:
     kind: str = knob("rsgd", choices=ALGORITHMS)
-    """sgd (y independent replicas), rsgd, esgd, parle or easgd (synchronous)."""
+    """sgd (y independent replicas), rsgd, esgd, parle, easgd (synchronous), diloco or
+    localsgd (docs/algorithms.md)."""
     replicas: int = knob(4, lo=1, hi=1024)
     """y, the number of replicas."""
     coupling_period: int = knob(10, lo=1, hi=1_000_000)
-    """K, local steps per round (outer steps for esgd/parle)."""
+    """K, what one round holds: local SGD steps (sgd, rsgd, easgd, diloco, localsgd), or
+    Entropy-SGD outer steps of L inner steps each (esgd, parle: a round then costs K × L
+    gradient evaluations). Parle's original couples after every outer step: K = 1."""
     inner_steps: int = knob(20, lo=1, hi=10_000)
-    """L, Entropy-SGD inner SGLD steps per outer step (esgd, parle)."""
+    """L, Entropy-SGD inner SGLD steps per outer step (esgd, parle; 20 in the eSGD paper's
+    MNIST runs, 25 in ucla-vision/parle)."""
     lr: float = knob(0.1, lo=0.0, hi=100.0, open_lo=True)
     """η, the local learning rate (the outer-step rate for esgd/parle)."""
     momentum: float = knob(0.9, lo=0.0, hi=0.999)
@@ -91,7 +95,17 @@ class AlgorithmConfig:
     weight_decay: float = knob(0.0, lo=0.0, hi=1.0)
     """λ, L2 weight decay added to the local gradient."""
     inner_lr: float = knob(0.1, lo=0.0, hi=100.0, open_lo=True)
-    """η', Entropy-SGD's inner SGLD step size."""
+    """η', Entropy-SGD's inner SGLD step size (0.1 in ucla-vision/entropy-sgd)."""
+    inner_momentum: float = knob(0.9, lo=0.0, hi=0.999)
+    """Momentum of the inner SGLD loop on the loss gradient, reset every outer step (0.9
+    in every reference code: without it inner steps are ~10× smaller than SGD's)."""
+    inner_nesterov: bool = knob(True)
+    """Nesterov form of the inner momentum (the references' choice)."""
+    outer_lr: float = knob(0.7, lo=0.0, hi=100.0, open_lo=True)
+    """DiLoCo's outer learning rate on the pseudo-gradient θ − mean(θ_a) (0.7 in the
+    DiLoCo paper); localsgd always averages (outer SGD with rate 1)."""
+    outer_momentum: float = knob(0.9, lo=0.0, hi=0.999)
+    """DiLoCo's outer Nesterov momentum (0.9 in the DiLoCo paper)."""
     noise: float = knob(1e-4, lo=0.0, hi=1.0)
     """ε, Entropy-SGD's SGLD noise scale (0 turns the inner loop into SGD)."""
     mu_alpha: float = knob(0.75, lo=0.0, hi=0.999)

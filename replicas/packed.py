@@ -163,9 +163,9 @@ class PackedReplicas:
         start = time.perf_counter()
         kind = self.config.algorithm.kind
         center_params = None if center is None else self.members[0]._params_of(center)
-        if center_params is not None:
+        if center is not None:
             for member in self.members:
-                member._pull(kind, center_params, gamma)
+                member._pull(kind, center, gamma, center_params)
         pulled = time.perf_counter()
         if kind in ("esgd", "parle"):
             losses = self._entropy_steps(gamma, rho, center_params if kind == "parle" else None)
@@ -210,7 +210,8 @@ class PackedReplicas:
                 inner = entropy_sgd_inner(
                     w, self._grad_at, gamma=gamma, inner_lr=self._rates(algo.inner_lr),
                     noise=algo.noise, alpha=algo.mu_alpha, steps=algo.inner_steps,
-                    weight_decay=algo.weight_decay, generator=[m.noise for m in self.members],
+                    weight_decay=algo.weight_decay, momentum=algo.inner_momentum,
+                    nesterov=algo.inner_nesterov, generator=[m.noise for m in self.members],
                 )  # fmt: skip
                 if center_params is None:
                     direction = w - inner.mu

@@ -68,7 +68,9 @@ class Replica:
         # Import paths are resolved here, on this replica's node.
         self.parts = parts if parts is not None else Ingredients.from_config(config)
         self.data = data if data is not None else self._load_data()
-        self.model = self._new_model(seed=self.seed)
+        # DiLoCo and local SGD start every replica from the same weights (θ0).
+        common = config.algorithm.kind in ("diloco", "localsgd")
+        self.model = self._new_model(seed=replica_seed(config.run.seed, 0) if common else self.seed)
         self.flat = FlatModule(self.model)
         self.stream = BatchStream(
             self.data.train.x, self.data.train.y, config.data.batch_size, seed=self.seed
@@ -144,8 +146,8 @@ class Replica:
         start = time.perf_counter()
         kind = self.config.algorithm.kind
         center_params = None if center is None else self._params_of(center)
-        if center_params is not None:
-            self._pull(kind, center_params, gamma)
+        if center is not None:
+            self._pull(kind, center, gamma, center_params)
         pulled = time.perf_counter()
         if kind in ("esgd", "parle"):
             loss = self._entropy_steps(gamma, rho, center_params if kind == "parle" else None)
@@ -170,15 +172,20 @@ class Replica:
             )
         return vector[: self.flat.num_params]
 
-    def _pull(self, kind: str, center_params: Tensor, gamma: float) -> None:
+    def _pull(
+        self, kind: str, center: np.ndarray, gamma: float, params: Tensor | None = None
+    ) -> None:
+        """This replica's half of the coupling, before its local steps (`params`: the
+        center's parameters on this device, when the caller has them already)."""
         algo = self.config.algorithm
+        params = self._params_of(center) if params is None else params
         with torch.no_grad():
-            if kind == "rsgd":
-                coupling.rsgd_pull_(
-                    self.flat.params, center_params, algo.lr, algo.coupling_period, gamma
-                )
+            if kind in ("diloco", "localsgd"):  # start the round from θ, buffers too
+                self.flat.load_(readonly_tensor(center).to(self.device))
+            elif kind == "rsgd":
+                coupling.rsgd_pull_(self.flat.params, params, algo.lr, algo.coupling_period, gamma)
             elif kind == "easgd":  # this replica's half of the synchronous exchange, α = ηρ
-                coupling.elastic_pull_(self.flat.params, center_params, algo.lr * gamma)
+                coupling.elastic_pull_(self.flat.params, params, algo.lr * gamma)
 
     def _loss_and_grad(self) -> Tensor:
         x, y = self.stream.next()
@@ -217,7 +224,8 @@ class Replica:
                     w, self._grad_at, gamma=gamma, inner_lr=algo.inner_lr * self.lr_scale,
                     noise=algo.noise,
                     alpha=algo.mu_alpha, steps=algo.inner_steps,
-                    weight_decay=algo.weight_decay, generator=self.noise,
+                    weight_decay=algo.weight_decay, momentum=algo.inner_momentum,
+                    nesterov=algo.inner_nesterov, generator=self.noise,
                 )  # fmt: skip
                 total += inner.mean_loss
                 if center_params is None:

@@ -44,6 +44,9 @@ CASES: dict[str, list[str]] = {
     "easgd": ["algorithm.kind=easgd", "scoping.kind=constant", "scoping.gamma0=1.0",
               "scoping.gamma_max=1.0"],
     "rsgd_cnn1d": ["algorithm.kind=rsgd", "model.arch=cnn1d", "scoping.gamma0=0.1"],
+    "easgd_scoped": ["algorithm.kind=easgd", "scoping.gamma0=0.2", "scoping.gamma_max=2"],
+    "diloco": ["algorithm.kind=diloco"],
+    "localsgd": ["algorithm.kind=localsgd"],
 }  # fmt: skip
 
 

@@ -63,8 +63,10 @@ def faulty(plan: dict[tuple[int, int], str]) -> type[Faulty]:
             "scoping.gamma_max=2",
         ],
         ["algorithm.kind=rsgd", "model.arch=cnn1d", "scoping.gamma0=auto"],
+        ["algorithm.kind=diloco", "model.arch=cnn1d"],
+        ["algorithm.kind=easgd", "scoping.gamma0=0.2", "scoping.gamma_max=2"],
     ],
-    ids=["rsgd", "parle-noise", "easgd", "cnn1d-bn-auto"],
+    ids=["rsgd", "parle-noise", "easgd", "cnn1d-bn-auto", "diloco-outer-momentum", "easgd-scoped"],
 )
 def test_resume_ends_bit_identical_to_an_uninterrupted_run(
     make_config: ConfigFactory, extra: list[str]
@@ -190,3 +192,34 @@ def test_allowed_changes_resume_with_the_new_lr_and_schedule(make_config: Config
     assert (
         coordinator.rows[-1]["lr"] == pytest.approx(0.05) and coordinator.rows[-1]["gamma"] == 0.3
     )
+
+
+class Recording(LocalGroup):
+    """Records the γ each round's coupling is applied with."""
+
+    pulls: ClassVar[list[float]] = []
+
+    def run_round(self, center: np.ndarray | None, gamma: float, rho: float) -> list[RoundOutcome]:
+        self.pulls.append(gamma)
+        return super().run_round(center, gamma, rho)
+
+
+def test_easgd_exchange_has_one_alpha_while_gamma_is_scoped(make_config: ConfigFactory) -> None:
+    """The replicas' half of exchange r (applied at the start of round r + 1) must use the
+    α = ηγ of the coordinator's half (end of round r), not the next round's γ: else
+    Σ_a w^a + w̃ is not conserved by an exchange (it was, before, with γ(r + 1))."""
+    config = make_config(
+        "algorithm.kind=easgd", "train.rounds=5", "scoping.kind=exponential",
+        "scoping.gamma0=0.2", "scoping.gamma1=1.0", "scoping.gamma_max=2",
+    )  # fmt: skip
+    Recording.pulls = []
+    coordinator = Coordinator(config, Recording)
+    finish(coordinator)
+    by_round = {row["round"]: row["gamma"] for row in coordinator.rows}  # the center's γ
+    for r in range(2, 6):  # round r pulls toward the w̃ of exchange r − 1
+        assert Recording.pulls[r - 1] == by_round[r - 1] != by_round[r], r
+    # and on numbers: two replicas, one exchange with one α conserves the total
+    w, c, alpha = torch.tensor([[1.0, 2.0], [3.0, -2.0]]), torch.tensor([0.5, 0.5]), 0.2
+    new_c = c + alpha * (w - c).sum(dim=0)
+    new_w = w - alpha * (w - c)
+    torch.testing.assert_close(new_w.sum(dim=0) + new_c, w.sum(dim=0) + c)

@@ -138,3 +138,22 @@ def test_a_list_of_rows_gives_what_the_stack_gives() -> None:
     coupling.easgd_center_update_(a, rows, 0.1)
     coupling.easgd_center_update_(b, stack, 0.1)
     assert torch.allclose(a, b, atol=1e-15)
+
+
+def test_diloco_outer_step_by_hand_over_two_rounds() -> None:
+    # θ = [1, 2], replicas' mean after round 1 = [0, 3]: Δ = [1, −1]; m = 0.5, η = 0.7
+    # round 1: b = Δ = [1, −1];  d = Δ + 0.5 b = [1.5, −1.5];  θ = [1, 2] − 0.7 d = [−0.05, 3.05]
+    theta, buf = T([1.0, 2.0]), torch.zeros(2)
+    coupling.diloco_outer_step_(theta, T([[0.0, 2.0], [0.0, 4.0]]), buf, lr=0.7, momentum=0.5)
+    assert torch.allclose(theta, T([-0.05, 3.05])) and torch.allclose(buf, T([1.0, -1.0]))
+    # round 2: mean = [−0.05, 3.05] + [−0.2, 0.2] → Δ = [0.2, −0.2]; b = 0.5·[1, −1] + Δ
+    #          = [0.7, −0.7]; d = Δ + 0.5 b = [0.55, −0.55]; θ = θ − 0.7 d = [−0.435, 3.435]
+    mean = theta + T([-0.2, 0.2])
+    coupling.diloco_outer_step_(theta, torch.stack([mean, mean]), buf, lr=0.7, momentum=0.5)
+    assert torch.allclose(theta, T([-0.435, 3.435]))
+
+
+def test_local_sgd_outer_step_is_averaging() -> None:
+    theta = T([1.0, 2.0])
+    coupling.diloco_outer_step_(theta, T([[0.0, 1.0], [2.0, 5.0]]), None, lr=1.0, momentum=0.0)
+    assert torch.equal(theta, T([1.0, 3.0]))

@@ -71,6 +71,31 @@ def test_entropy_inner_loop_two_steps_by_hand() -> None:
     assert w.item() == 0.0, "the inner loop must not move w itself"
 
 
+def test_entropy_inner_loop_with_nesterov_momentum_two_steps_by_hand() -> None:
+    # a=2, w*=1, w=0, γ=1, η'=0.1, α=0.5, ε=0, momentum m=0.5 (Nesterov), b starts at 0:
+    # step 1: ∇ = −2;  b = −2;  d = −2 + 0.5·(−2) = −3;  pull γ(w'−w) = 0
+    #         w' = 0 − 0.1·(−3 + 0) = 0.3;  μ = 0.5·0 + 0.5·0.3 = 0.15
+    # step 2: ∇ = 2·(0.3−1) = −1.4;  b = 0.5·(−2) − 1.4 = −2.4;  d = −1.4 − 1.2 = −2.6
+    #         pull = 1·0.3 = 0.3;  w' = 0.3 − 0.1·(−2.6 + 0.3) = 0.53;  μ = 0.075 + 0.265 = 0.34
+    w = T([0.0], dtype=torch.float64)
+    out = entropy_sgd_inner(w, quadratic(2.0, 1.0), gamma=1.0, inner_lr=0.1, noise=0.0,
+                            alpha=0.5, steps=2, momentum=0.5, nesterov=True)  # fmt: skip
+    assert out.mu.item() == pytest.approx(0.34, abs=1e-12)
+    # heavy ball, d = b: step 1 w' = 0.2, μ = 0.1;
+    #                   step 2 b = −2.6, w' = 0.2 + 0.1·(2.6 − 0.2) = 0.44
+    out = entropy_sgd_inner(w, quadratic(2.0, 1.0), gamma=1.0, inner_lr=0.1, noise=0.0,
+                            alpha=0.5, steps=2, momentum=0.5, nesterov=False)  # fmt: skip
+    assert out.mu.item() == pytest.approx(0.5 * 0.1 + 0.5 * 0.44, abs=1e-12)
+
+
+def test_entropy_inner_momentum_starts_at_zero_every_call() -> None:
+    """The buffer is reset every outer step: two calls from the same w agree exactly."""
+    w = T([0.0, 3.0], dtype=torch.float64)
+    a, b = (entropy_sgd_inner(w, quadratic(2.0, 1.0), gamma=0.5, inner_lr=0.1, noise=0.0,
+                              alpha=0.75, steps=4, momentum=0.9) for _ in range(2))  # fmt: skip
+    assert torch.equal(a.mu, b.mu)
+
+
 def test_entropy_mu_converges_to_the_closed_form() -> None:
     # μ → (a w* + γ w)/(a + γ) = (2·1 + 3·0.5)/5 = 0.7 for ε = 0
     w = T([0.5], dtype=torch.float64)
@@ -111,7 +136,8 @@ def test_entropy_sgd_optimizer_equals_the_functional_loop() -> None:
     target = torch.randn(3)
     p = torch.nn.Parameter(torch.zeros(3))
     opt = EntropySGD([p], lr=0.5, inner_lr=0.1, inner_steps=3, gamma0=0.2, gamma1=0.0,
-                     noise=0.0, alpha=0.75, momentum=0.0, nesterov=False)  # fmt: skip
+                     noise=0.0, alpha=0.75, momentum=0.0, nesterov=False,
+                     inner_momentum=0.9)  # fmt: skip
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
@@ -124,7 +150,7 @@ def test_entropy_sgd_optimizer_equals_the_functional_loop() -> None:
         first = opt.step(closure)
         out = entropy_sgd_inner(
             w, lambda v: (v - target, float(0.5 * (v - target).pow(2).sum())),
-            gamma=0.2, inner_lr=0.1, noise=0.0, alpha=0.75, steps=3,
+            gamma=0.2, inner_lr=0.1, noise=0.0, alpha=0.75, steps=3, momentum=0.9,
         )  # fmt: skip
         assert first.item() == pytest.approx(float(0.5 * (w - target).pow(2).sum()), rel=1e-6)
         w = w - 0.5 * (w - out.mu)

@@ -55,6 +55,14 @@ def test_automatic_gamma0_and_gamma1() -> None:
     assert s.gamma0 == pytest.approx(0.01), "calibration happens once"
 
 
+def test_a_measured_gamma0_past_the_clip_holds_the_clip_instead_of_failing() -> None:
+    """auto γ0 with auto γ1 used to raise in round 0 when the measured γ0 > γmax."""
+    s = Scope(kind="exponential", gamma0=None, gamma1=None, gamma_max=1.0, horizon=10)
+    s.calibrate(mean_train_loss=2.0, mean_half_sq_distance=0.5)  # γ0 = 4 > γmax = 1
+    assert s.gamma0 == pytest.approx(4.0) and s.gamma1 == 0.0
+    assert [s.value(r) for r in (0, 1, 10)] == [1.0, 1.0, 1.0]
+
+
 def test_automatic_gamma_errors_are_clear() -> None:
     with pytest.raises(ValueError, match="differ"):
         auto_gamma0(1.0, 0.0)
