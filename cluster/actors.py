@@ -1,14 +1,24 @@
-"""Replica actors on Ray: a placement group, one actor per unit, one gather per round.
+"""Replica actors on Ray: a placement group, one actor per unit, one wait per call.
 
 This is the only place that turns Replica (a plain class), or PackedReplicas (p
 replicas stepped together on one device), into an actor. Following Ray Train's worker
 group: every .remote() first, then one wait over all of them with a timeout; if
 startup fails, whatever was started is killed before the error goes up.
+
+Every call to the units (a round, an evaluation, the states for a checkpoint, loading
+states, the center's state) treats a dead actor, a lost node and a unit past the
+timeout the same way: the unit is killed and counted lost. A round reports its lost
+replicas as ReplicaLost outcomes; any other call raises ReplicasLost, and the
+Coordinator restarts those replicas from the center and calls again. A restarted unit
+goes into its placement-group bundle, which Ray moves to a surviving node when its node
+is gone; when no node has room for it within resources.restart_timeout_s, the run
+stops with one line (CapacityError).
 """
 
 from __future__ import annotations
 
-import math
+import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -16,51 +26,56 @@ import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from coordinator.groups import ReplicaLost, RoundOutcome, as_list, layout, locate, unpack
+from cluster.resources import STRATEGIES, unit_bundles
+from coordinator.groups import (
+    ReplicaLost,
+    ReplicasLost,
+    RoundOutcome,
+    as_list,
+    layout,
+    locate,
+    unpack,
+)
 from foundation.config import Config
 from foundation.ingredients import Ingredients
 from replicas.packed import PackedReplicas
 from replicas.replica import Replica
 
 STARTUP_TIMEOUT_S = 300.0
+RESTART_PAUSE_S = 1.0  # between tries to start a lost unit again
 INLINE_BYTES = 64 * 1024  # below Ray's 100 KiB limit for arguments inlined in the task
 
-
-class ResourceError(RuntimeError):
-    """The cluster cannot hold the replicas this run asks for."""
+Outcome = Any  # a unit's result, or a ReplicaLost
 
 
-def replica_resources(config: Config, cluster: dict[str, float]) -> dict[str, float]:
-    """CPUs and GPUs for one replica; fails with one line when the cluster is too small."""
-    y, res = config.algorithm.replicas, config.resources
-    gpus_total, cpus_total = cluster.get("GPU", 0.0), cluster.get("CPU", 0.0)
-    if res.gpus_per_replica * y > gpus_total:
-        raise ResourceError(
-            f"resources.gpus_per_replica = {res.gpus_per_replica} × {y} replicas needs "
-            f"{res.gpus_per_replica * y:g} GPUs; the cluster has {gpus_total:g}"
-        )
-    # "Auto" shares the CPUs evenly, at most one each: replicas on a 2-core box still run.
-    cpus = res.cpus_per_replica or min(1.0, math.floor(cpus_total / y * 100) / 100)
-    if cpus <= 0 or cpus * y > cpus_total:
-        raise ResourceError(f"{y} replicas × {cpus:g} CPUs do not fit in {cpus_total:g} CPUs")
-    bundle = {"CPU": cpus}
-    if res.gpus_per_replica:
-        bundle["GPU"] = res.gpus_per_replica
-    return bundle
+class CapacityError(RuntimeError):
+    """A lost replica could not be started again: no node had room for it in time."""
 
 
-def unit_bundles(config: Config, cluster: dict[str, float]) -> list[dict[str, float]]:
-    """One placement-group bundle per actor: a replica's resources × the replicas in it."""
-    one = replica_resources(config, cluster)
-    return [{k: v * len(unit) for k, v in one.items()} for unit in layout(config)]
+class NodeAware:
+    """Mixed into every replica class made an actor here: where the actor runs."""
+
+    def node_id(self) -> str:
+        return str(ray.get_runtime_context().get_node_id())
+
+
+_actor_classes: dict[type, type] = {}
+
+
+def actor_class(cls: type) -> type:
+    """`cls` with NodeAware mixed in (one class per cls, so Ray exports it once)."""
+    if cls not in _actor_classes:
+        _actor_classes[cls] = type(cls.__name__, (NodeAware, cls), {})
+    return _actor_classes[cls]
 
 
 class RayReplicaGroup:
-    """The replicas of one run as Ray actors in one placement group (PACK).
+    """The replicas of one run as Ray actors in one placement group.
 
     `placement` = (group, first bundle index) uses bundles that someone else reserved,
     e.g. a Tune trial that holds [coordinator, unit bundles…] at once; otherwise the
-    group reserves its bundles itself, and releases them at shutdown.
+    group reserves its bundles itself (compact or spread: cluster/resources.py) and
+    releases them at shutdown.
     """
 
     def __init__(
@@ -79,17 +94,18 @@ class RayReplicaGroup:
         self.packed = config.resources.replicas_per_actor > 1
         if placement is None:
             bundles = unit_bundles(config, ray.cluster_resources())
-            self.pg = placement_group(bundles, strategy="PACK")
-            self.first_bundle, self.owns_pg = 0, True
+            strategy = STRATEGIES[config.resources.placement]
+            self.pg, self.first_bundle, self.owns_pg = placement_group(bundles, strategy), 0, True
         else:
-            self.pg, self.first_bundle = placement
-            self.owns_pg = False
+            (self.pg, self.first_bundle), self.owns_pg = placement, False
         self.actors: list[Any] = []
+        self.nodes: list[str] = []
         self.lost: set[int] = set()  # units whose actor is gone
         try:
             ray.get(self.pg.ready(), timeout=STARTUP_TIMEOUT_S)
             self.actors = [self._start(u) for u in range(len(self.units_of))]
             sizes = ray.get([a.ready.remote() for a in self.actors], timeout=STARTUP_TIMEOUT_S)
+            self.nodes = ray.get([a.node_id.remote() for a in self.actors])
         except BaseException:
             self.shutdown()
             raise
@@ -102,20 +118,66 @@ class RayReplicaGroup:
             placement_group=self.pg, placement_group_bundle_index=self.first_bundle + u
         )
         device, threads = ("cuda" if gpus else "cpu"), max(1, int(cpus))
-        if self.packed:
-            packed = ray.remote(PackedReplicas).options(
-                num_cpus=cpus, num_gpus=gpus, scheduling_strategy=strategy
-            )
-            return packed.remote(self.units_of[u], self.config, device, threads, parts=self.parts)
-        single = ray.remote(self.replica_cls).options(
+        cls = PackedReplicas if self.packed else self.replica_cls
+        actor: Any = ray.remote(actor_class(cls)).options(
             num_cpus=cpus, num_gpus=gpus, scheduling_strategy=strategy
         )
-        return single.remote(self.units_of[u][0], self.config, device, threads, parts=self.parts)
+        first = self.units_of[u] if self.packed else self.units_of[u][0]
+        return actor.remote(first, self.config, device, threads, parts=self.parts)
+
+    # ---- one call to every unit --------------------------------------------------------
+
+    def _call(
+        self, method: Callable[[int, Any], Any], timeout: float, units: list[int] | None = None
+    ) -> list[Outcome]:
+        """`method(u, actor)` → an ObjectRef for each unit (all of them by default), one
+        wait; the dead and the late come back as ReplicaLost (and are killed)."""
+        units = list(range(len(self.actors))) if units is None else units
+        refs = [method(u, self.actors[u]) for u in units]
+        _, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+        out: list[Outcome] = []
+        for u, ref in zip(units, refs, strict=True):
+            if ref in pending:
+                out.append(self._lose(u, f"no result within {timeout:g} s"))
+                continue
+            try:
+                out.append(ray.get(ref))
+            except ray.exceptions.RayActorError as err:  # dead actor, lost node, unavailable
+                out.append(self._lose(u, f"actor died ({type(err).__name__})"))
+        return out
+
+    def _lose(self, u: int, reason: str) -> ReplicaLost:
+        ray.kill(self.actors[u])  # a hung actor must not come back and write later
+        self.lost.add(u)
+        node = self.nodes[u] if u < len(self.nodes) else ""
+        if node and not _node_alive(node):
+            reason = f"its node {node[:12]} was lost; {reason}"
+        return ReplicaLost(reason, node)
+
+    def _all_or_raise(self, outcomes: list[Outcome]) -> list[Any]:
+        """The units' results, or ReplicasLost naming every replica of every lost unit."""
+        lost = {
+            a: outcome
+            for u, outcome in enumerate(outcomes)
+            if isinstance(outcome, ReplicaLost)
+            for a in self.units_of[u]
+        }
+        if lost:
+            raise ReplicasLost(lost)
+        return outcomes
+
+    # ---- the ReplicaGroup interface --------------------------------------------------
 
     def run_round(self, center: np.ndarray | None, gamma: float, rho: float) -> list[RoundOutcome]:
         shared = self._share(center)
-        refs = [a.round.remote(shared, gamma, rho) for a in self.actors]
-        return self._gather(refs)
+        outcomes = self._call(
+            lambda u, a: a.round.remote(shared, gamma, rho), self.config.train.round_timeout_s
+        )
+        out: list[RoundOutcome] = []
+        for u, outcome in enumerate(outcomes):
+            lost = isinstance(outcome, ReplicaLost)
+            out += [outcome] * len(self.units_of[u]) if lost else unpack(outcome, self.packed)
+        return out
 
     @staticmethod
     def _share(center: np.ndarray | None) -> Any:
@@ -126,56 +188,37 @@ class RayReplicaGroup:
             return center
         return ray.put(center)
 
-    def _gather(self, refs: list[Any]) -> list[RoundOutcome]:
-        """Wait for all units at once; the dead and the late come back as ReplicaLost."""
-        timeout = self.config.train.round_timeout_s
-        _, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout)
-        outcomes: list[RoundOutcome] = []
-        for u, ref in enumerate(refs):
-            if ref in pending:
-                outcomes += self._lose(u, f"no result within {timeout:g} s")
-                continue
-            try:
-                outcomes += unpack(ray.get(ref), self.packed)
-            except ray.exceptions.RayActorError as err:
-                outcomes += self._lose(u, f"actor died ({type(err).__name__})")
-        return outcomes
-
-    def _lose(self, u: int, reason: str) -> list[RoundOutcome]:
-        ray.kill(self.actors[u])  # a hung actor must not come back and write later
-        self.lost.add(u)
-        return [ReplicaLost(reason)] * len(self.units_of[u])
-
     def evaluate(self, center: np.ndarray) -> list[dict[str, Any]]:
-        center_ref = ray.put(center)
-        refs = [
-            a.evaluate.remote(center_ref if u == 0 else None) for u, a in enumerate(self.actors)
-        ]
-        results = ray.get(refs, timeout=self.config.train.round_timeout_s)
+        ref = ray.put(center)
+        timeout = self.config.train.round_timeout_s
+        results = self._all_or_raise(
+            self._call(lambda u, a: a.evaluate.remote(ref if u == 0 else None), timeout)
+        )
         return [r for result in results for r in as_list(result, self.packed)]
 
     def center_state(self, center: np.ndarray) -> dict[str, Any]:
-        state: dict[str, Any] = ray.get(
-            self.actors[0].center_state.remote(center), timeout=self.config.train.round_timeout_s
+        timeout = self.config.train.round_timeout_s
+        [state] = self._all_or_raise(
+            self._call(lambda u, a: a.center_state.remote(center), timeout, units=[0])
         )
-        return state
+        return dict(state)
 
     def states(self) -> list[dict[str, Any]]:
-        results = ray.get([a.state_dict.remote() for a in self.actors])
+        timeout = self.config.train.round_timeout_s
+        results = self._all_or_raise(self._call(lambda u, a: a.state_dict.remote(), timeout))
         return [s for result in results for s in as_list(result, self.packed)]
 
     def load_states(self, states: list[dict[str, Any]]) -> None:
-        refs = []
-        for actor, unit in zip(self.actors, self.units_of, strict=True):
-            mine = [states[i] for i in unit]
-            refs.append(actor.load_state_dict.remote(mine if self.packed else mine[0]))
-        ray.get(refs, timeout=STARTUP_TIMEOUT_S)
+        def load(u: int, actor: Any) -> Any:
+            mine = [states[i] for i in self.units_of[u]]
+            return actor.load_state_dict.remote(mine if self.packed else mine[0])
+
+        self._all_or_raise(self._call(load, STARTUP_TIMEOUT_S))
 
     def replace(self, index: int, state: dict[str, Any]) -> None:
         u, row = locate(index, self.config.resources.replicas_per_actor)
-        if u in self.lost:  # its bundle in the placement group is free again
-            self.actors[u] = self._start(u)
-            self.lost.discard(u)
+        if u in self.lost:  # its bundle is free again (Ray moves it off a lost node)
+            self._restart_unit(u)
         actor = self.actors[u]
         ref = (
             actor.load_member_state.remote(row, state)
@@ -183,6 +226,39 @@ class RayReplicaGroup:
             else actor.load_state_dict.remote(state)
         )
         ray.get(ref, timeout=STARTUP_TIMEOUT_S)
+
+    def _restart_unit(self, u: int) -> None:
+        """A new actor for unit u in its bundle. Right after a node dies Ray may still
+        place the bundle, and so the new actor, on that node (until the node is marked
+        dead and the bundle moves): such an actor dies before it runs, and is started
+        again, until resources.restart_timeout_s is spent."""
+        timeout = self.config.resources.restart_timeout_s
+        deadline = time.monotonic() + timeout
+        while True:
+            self.actors[u] = self._start(u)
+            try:
+                left = max(0.0, deadline - time.monotonic())
+                ray.get(self.actors[u].ready.remote(), timeout=left)
+                self.nodes[u] = ray.get(self.actors[u].node_id.remote(), timeout=left or None)
+                break
+            except ray.exceptions.RayActorError:  # placed on the dying node
+                if time.monotonic() >= deadline:
+                    raise self._no_room(u, timeout) from None
+                time.sleep(RESTART_PAUSE_S)
+            except ray.exceptions.GetTimeoutError:
+                ray.kill(self.actors[u])
+                raise self._no_room(u, timeout) from None
+        self.lost.discard(u)
+
+    def _no_room(self, u: int, timeout: float) -> CapacityError:
+        return CapacityError(
+            f"replicas {self.units_of[u]} could not be started again: no node had room "
+            f"for them within resources.restart_timeout_s = {timeout:g} s"
+        )
+
+    def node_of(self, index: int) -> str:
+        u, _ = locate(index, self.config.resources.replicas_per_actor)
+        return self.nodes[u] if u < len(self.nodes) else ""
 
     def pids(self) -> list[int]:
         pids: list[int] = ray.get([a.pid.remote() for a in self.actors])
@@ -194,3 +270,7 @@ class RayReplicaGroup:
         self.actors = []
         if self.owns_pg:
             remove_placement_group(self.pg)
+
+
+def _node_alive(node_id: str) -> bool:
+    return any(n["NodeID"] == node_id and n["Alive"] for n in ray.nodes())

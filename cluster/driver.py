@@ -15,8 +15,10 @@ from collections.abc import Callable
 from typing import Any
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from cluster.actors import RayReplicaGroup, replica_resources
+from cluster.actors import RayReplicaGroup
+from cluster.resources import replica_resources
 from cluster.session import connect
 from cluster.stopping import RunInterrupted, StopFlag, stop_grace_s, stop_on_signals
 from cluster.validate import check_parts, on_remote_cluster
@@ -86,7 +88,10 @@ def run(
         f"K={config.algorithm.coupling_period}, on {where}"
     )
     job = f"{ray.get_runtime_context().get_job_id()} (driver pid {os.getpid()})"
-    host: Any = ray.remote(num_cpus=0)(CoordinatorHost).remote()
+    # On the driver's node: a worker node's loss then never takes the coordinator with it
+    # (a lost driver node is a lost driver: resubmitting resumes).
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    host: Any = ray.remote(CoordinatorHost).options(num_cpus=0, scheduling_strategy=here).remote()
     tracker = tracking.start(config, RunDir(config.run.storage, config.run.name).path)
     try:
         with stop_on_signals() as stopping:

@@ -25,8 +25,8 @@ from torch import Tensor
 from coordinator import checkpoint, report, snapshot
 from coordinator.center import CenterRule
 from coordinator.ensemble import annotate, evaluation, headline
-from coordinator.failures import FailurePolicy
-from coordinator.groups import ReplicaGroup, ReplicaLost, RoundOutcome
+from coordinator.failures import MAX_CONSECUTIVE_FAILURES, FailurePolicy
+from coordinator.groups import ReplicaGroup, ReplicaLost, ReplicasLost, RoundOutcome
 from coordinator.lease import Lease, LeaseLost
 from coordinator.resume import make_scopes
 from coordinator.rundir import CENTER_FILE, RunDir, torch_bytes
@@ -200,22 +200,37 @@ class Coordinator:
     def _restart(self, r: int, a: int, reason: str) -> None:
         """Replica a starts again from the new center, its data stream where it was."""
         assert self.center is not None
-        seed = replica_seed(self.config.run.seed, a)
+        seed, node = replica_seed(self.config.run.seed, a), self.group.node_of(a)
         self.group.replace(a, self.policy.restart_state(a, reason, self.center, seed))
-        lr_scale = self.policy.lr_scale[a]
-        self.run.event("replica_restarted", round=r, replica=a, reason=reason, lr_scale=lr_scale)
+        self.run.event("replica_restarted", round=r, replica=a, reason=reason, node=node,
+                       now_on=self.group.node_of(a), lr_scale=self.policy.lr_scale[a])  # fmt: skip
+
+    def _surviving(self, call: Callable[[], T]) -> T:
+        """A call to every replica outside a round (evaluation, checkpoint): replicas lost
+        meanwhile (a dead actor, a lost node) restart from the center, then it is retried."""
+        for _ in range(MAX_CONSECUTIVE_FAILURES):
+            try:
+                return call()
+            except ReplicasLost as lost:
+                for a, why in lost.lost.items():
+                    self._restart(self.round, a, f"lost: {why.reason}")
+        return call()
 
     # ---- evaluation, checkpoints, the end ----------------------------------------
 
     def evaluate(self) -> dict[str, Any]:
         """Evaluate center, replicas and their output ensemble; note it in the metrics."""
         assert self.center is not None, "evaluate after the first round"
-        results = self.group.evaluate(self.center.numpy())
+        center = self.center.numpy()
+        results = self._surviving(lambda: self.group.evaluate(center))
         record = evaluation(self.round, results, self.parts)
         self.evaluations.append(record)
         annotate(self.rows[-self.group.size :], record)
         self._save_metrics()
         return record
+
+    def states(self) -> list[dict[str, Any]]:
+        return self._surviving(self.group.states)
 
     def _save_metrics(self) -> None:
         if self.rows:
@@ -257,7 +272,9 @@ class Coordinator:
         summary["resumed_from"] = self.resumed_from
         summary["wall_seconds"] = time.time() - self.started
         self.run.write_json("summary.json", summary)
-        self.run.write_bytes(CENTER_FILE, torch_bytes(self.group.center_state(self.center.numpy())))
+        center = self.center.numpy()
+        state = self._surviving(lambda: self.group.center_state(center))
+        self.run.write_bytes(CENTER_FILE, torch_bytes(state))
         self.run.write_bytes(
             "plots/training.png", report.training_plot(self.rows, self.evaluations)
         )

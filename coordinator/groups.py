@@ -23,6 +23,17 @@ from replicas.replica import Replica, RoundStats
 @dataclass(frozen=True)
 class ReplicaLost:
     reason: str
+    node: str = ""
+    """The node the replica ran on, when the group knows it (a lost node loses them all)."""
+
+
+class ReplicasLost(RuntimeError):
+    """Replicas were lost during a call other than a round (an evaluation, a checkpoint):
+    the Coordinator restarts them from the center and makes the call again."""
+
+    def __init__(self, lost: dict[int, ReplicaLost]) -> None:
+        super().__init__(f"replicas {sorted(lost)} lost: {next(iter(lost.values())).reason}")
+        self.lost = lost
 
 
 RoundOutcome = tuple[np.ndarray, RoundStats] | ReplicaLost
@@ -48,6 +59,10 @@ class ReplicaGroup(Protocol):
 
     def replace(self, index: int, state: dict[str, Any]) -> None:
         """Give replica `index` this state; a lost replica is started anew first."""
+        ...
+
+    def node_of(self, index: int) -> str:
+        """Where replica `index` runs (a Ray node id, or "local")."""
         ...
 
     def shutdown(self) -> None: ...
@@ -132,6 +147,9 @@ class LocalGroup:
             self.units[u].load_member_state(row, state)
         else:
             self.units[u].load_state_dict(state)
+
+    def node_of(self, index: int) -> str:
+        return "local"
 
     @property
     def replicas(self) -> list[Replica]:

@@ -35,6 +35,10 @@ class RunState(Protocol):
     group: ReplicaGroup
     allow_changes: tuple[str, ...]
 
+    def states(self) -> list[dict[str, Any]]:
+        """Every replica's state (lost replicas restarted from the center first)."""
+        ...
+
 
 def capture(run: RunState) -> dict[str, Any]:
     return {
@@ -45,7 +49,7 @@ def capture(run: RunState) -> dict[str, Any]:
         "rho": run.rho.state_dict(),
         **run.policy.state_dict(),
         "evaluations": run.evaluations,
-        "replicas": run.group.states(),
+        "replicas": run.states(),
     }
 
 

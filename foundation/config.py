@@ -163,6 +163,12 @@ class ResourcesConfig:
     """CPUs reserved per replica; 0 = share the cluster's CPUs evenly (at most 1 each)."""
     replicas_per_actor: int = knob(1, lo=1, hi=1024)
     """p: replicas packed in one actor on one device, stepped together (torch.func)."""
+    placement: str = knob("compact", choices=("compact", "spread"))
+    """How the replicas' actors are placed over the nodes: compact (as few nodes as
+    possible, Ray's PACK: the least traffic to the coordinator) or spread (as many as
+    possible, Ray's SPREAD: a lost node costs fewer replicas)."""
+    restart_timeout_s: float = knob(300.0, lo=0.0, open_lo=True)
+    """Seconds a lost replica may wait for room on the cluster before the run stops."""
 
 
 @dataclass(kw_only=True)

@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 import ray
 
-from cluster.actors import ResourceError
 from cluster.driver import one_line
+from cluster.resources import ResourceError
 from cluster.stopping import RunInterrupted
 from coordinator.lease import LeaseHeld
 from coordinator.resume import ResumeMismatch

@@ -101,13 +101,30 @@ def session_processes(sid: int) -> list[int]:
     return pids
 
 
-def stop_session(sid: int, grace_s: float = 3.0) -> None:
-    """Stop every process of one `ray start` session: SIGTERM, then SIGKILL what is left.
+def stop_session(
+    sid: int, grace_s: float = 3.0, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGKILL)
+) -> None:
+    """Stop every process of one `ray start` session: SIGTERM, then SIGKILL what is left
+    (signals=(SIGKILL,): a node lost at once, as when its machine dies).
     `ray stop` is never used here: it stops every Ray process on the machine."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+    for sig in signals:
         for pid in session_processes(sid):
             with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
                 os.kill(pid, sig)
         deadline = time.monotonic() + grace_s
         while session_processes(sid) and time.monotonic() < deadline:
             time.sleep(0.2)
+
+
+def raylet_node_id(sid: int) -> str:
+    """The node id of the raylet among a `ray start` session's processes ("" if none)."""
+    for pid in session_processes(sid):
+        try:
+            args = (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if args and args[0].endswith(b"raylet"):
+            for arg in args:
+                if arg.startswith(b"--node_id="):
+                    return arg.split(b"=", 1)[1].decode()
+    return ""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from cluster.actors import ResourceError, unit_bundles
+from cluster.resources import ResourceError, unit_bundles
 from jobs.sweep.space import build_config, flat
 from jobs.sweep.sweepfile import Sweep
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from cluster import driver
-from cluster.actors import RayReplicaGroup, ResourceError, replica_resources
+from cluster.actors import RayReplicaGroup
+from cluster.resources import ResourceError, replica_resources
 from coordinator.coordinator import Coordinator
 from coordinator.groups import LocalGroup
 from foundation.config import Config, load_config

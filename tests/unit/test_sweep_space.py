@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.actors import ResourceError
+from cluster.resources import ResourceError
 from foundation.config import load_config
 from jobs import CONFIG_DIR
 from jobs.sweep.resources import concurrency, trial_bundles, with_gpus

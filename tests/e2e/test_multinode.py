@@ -1,0 +1,160 @@
+"""Tier 4: a real multi-node Ray cluster on this machine — a head and two worker nodes,
+each `ray start` a raylet of its own — runs, sweeps and jobs on it, and a lost node.
+
+The nodes use token auth as `ray start --head` does by default, each its own --num-cpus
+and a small --object-store-memory, free ports for every listener, and are stopped by the
+processes of their own `ray start` sessions (never `ray stop`, which would stop every
+Ray process on the machine).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import (
+    BIN,
+    RayCli,
+    free_port,
+    node_ports,
+    ray_start,
+    raylet_node_id,
+    stop_session,
+    wait_for_job_agent,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.e2e
+STORE = "--object-store-memory=100000000"  # 100 MB per node: three nodes on one small box
+
+
+@dataclass
+class Cluster:
+    dashboard: str
+    env: dict[str, str]
+    head_sid: int
+    workers: list[int]  # `ray start` session ids, one per worker node
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    import ray
+
+    if ray.is_initialized():  # the local-Ray tier's session shares our two cores
+        ray.shutdown()
+    temp = tmp_path_factory.mktemp("ray")
+    token = temp / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN_PATH": str(token)}  # fmt: skip
+    for key in ("RAY_AUTH_TOKEN", "RAY_ADDRESS"):
+        env.pop(key, None)
+    gcs, dashboard = free_port(), free_port()
+    sids: list[int] = []
+    node_dirs: list[Path] = []
+    try:
+        sids.append(ray_start(
+            "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--num-cpus=1", STORE,
+            f"--ray-client-server-port={free_port()}", *node_ports(), f"--temp-dir={temp}",
+            "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+            "--disable-usage-stats", env=env,
+        )[0])  # fmt: skip
+        for n in range(2):  # each node its own temp dir, as each machine has its own disk
+            own = Path(tempfile.mkdtemp(prefix=f"wv{n}", dir="/tmp"))  # short: socket paths
+            sids.append(ray_start(
+                f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
+                STORE, *node_ports(), f"--temp-dir={own}", "--disable-usage-stats", env=env,
+            )[0])  # fmt: skip
+            node_dirs.append(own)
+        address = f"http://127.0.0.1:{dashboard}"
+        wait_for_job_agent(address, env)
+        yield Cluster(address, env, sids[0], sids[1:])
+    finally:
+        for sid in reversed(sids):
+            stop_session(sid)
+        for path in (temp, *node_dirs):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def submit(cluster: Cluster, ray_cli: RayCli, *entrypoint: str) -> str:
+    done = ray_cli("job", "submit", f"--address={cluster.dashboard}", "--no-wait",
+                   f"--working-dir={REPO}", "--", *entrypoint, env=cluster.env)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    job = re.search(r"raysubmit_\w+", done.stdout + done.stderr)  # the CLI colours its output
+    assert job is not None, done.stdout + done.stderr
+    return job.group(0)
+
+
+def events(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "events.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def wait_for_event(run_dir: Path, kind: str, timeout: float) -> None:
+    """Poll the run's events.jsonl (a local file: no CLI round trip per look)."""
+    deadline = time.monotonic() + timeout
+    while not any(e["event"] == kind for e in events(run_dir)):
+        assert time.monotonic() < deadline, f"no {kind} event within {timeout} s"
+        time.sleep(0.2)
+
+
+def test_a_spread_run_survives_losing_a_worker_node(
+    cluster: Cluster, ray_cli: RayCli, tmp_path: Path
+) -> None:
+    """The operator's report: 4 replicas spread over the nodes, SIGKILL of a worker node's
+    raylet mid-run. The replicas of that node restart on the others from the center, the
+    job ends SUCCEEDED, and events.jsonl names the node and the restarts."""
+    storage, rounds = tmp_path / "runs", 1500
+    sets = [f"run.storage={storage}", f"data.root={tmp_path / 'data'}", "algorithm.replicas=4",
+            "resources.placement=spread", "resources.cpus_per_replica=0.5",
+            f"train.rounds={rounds}", "train.checkpoint_every=100",
+            "train.eval_every=100"]  # fmt: skip
+    job = submit(cluster, ray_cli, "python", "-m", "jobs.train", "--config",
+                 "jobs/configs/smoke.toml", *[a for s in sets for a in ("--set", s)])  # fmt: skip
+    run_dir = storage / "smoke"
+    wait_for_event(run_dir, "checkpoint", timeout=180)
+    victim = cluster.workers[0]
+    lost_node = raylet_node_id(victim)
+    stop_session(victim, signals=(signal.SIGKILL,))  # the raylet and all of the node at once
+    assert not any(e["event"] == "finish" for e in events(run_dir)), "ended before the kill"
+    logs = ray_cli("job", "logs", "--follow", f"--address={cluster.dashboard}", job,
+                   env=cluster.env, timeout=400)  # fmt: skip
+    status = ray_cli("job", "status", f"--address={cluster.dashboard}", job, env=cluster.env)
+    output = logs.stdout + logs.stderr
+    assert f"Job '{job}' succeeded" in status.stdout + status.stderr, output + status.stdout
+    restarts = [e for e in events(run_dir) if e["event"] == "replica_restarted"]
+    assert restarts and all(e["node"] == lost_node and e["now_on"] != lost_node for e in restarts)
+    # The node's replicas, and only those, were lost and restarted elsewhere (the reason
+    # says "its node … was lost" once Ray has marked the node dead, else "actor died").
+    assert all(e["reason"].startswith("lost: ") for e in restarts), restarts
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["rounds"] == rounds and "center_sha256" in output
+
+
+def test_a_sweep_runs_its_trials_on_the_cluster(
+    cluster: Cluster, ray_cli: RayCli, tmp_path: Path
+) -> None:
+    storage = tmp_path / "sweeps"
+    sets = [f"run.storage={storage}", f"data.root={tmp_path / 'data'}", "train.rounds=6",
+            "train.eval_every=3"]  # fmt: skip
+    done = ray_cli("job", "submit", f"--address={cluster.dashboard}", f"--working-dir={REPO}",
+                   "--", "python", "-m", "jobs.sweep", "--config",
+                   "jobs/configs/sweep_smoke.toml", *[a for s in sets for a in ("--set", s)],
+                   env=cluster.env)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (storage / "smoke-sweep" / "trials.parquet").exists() or list(
+        storage.glob("*/trials.parquet")
+    )
