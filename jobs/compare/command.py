@@ -173,8 +173,16 @@ def run(args: argparse.Namespace, command: str, started: float) -> int:
     return 0
 
 
+def shown_command(argv: Sequence[str]) -> str:
+    """The command as RESULTS.md records it: paths under the working directory (the repo)
+    relative to it, also inside KEY=VALUE, so no machine's own paths are committed."""
+    here = os.getcwd()
+    words = ["." if a == here else a.replace(here + os.sep, "") for a in argv]
+    return "python -m jobs.compare " + shlex.join(words)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.time()
-    command = "python -m jobs.compare " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = shown_command(sys.argv[1:] if argv is None else argv)
     return guarded(lambda: run(args, command, started))

@@ -20,12 +20,14 @@ from jobs.compare.figures import headline_png, plots, write_parquet
 from jobs.compare.headline import headline_of_rows
 from jobs.compare.plan import Choice, Job, final_jobs
 from jobs.compare.protocol import FlatnessSpec, Protocol
+from jobs.compare.reading import chosen_json
 from jobs.compare.report import Invocation, render, versions
 from jobs.compare.rows import Row, row_of, rows_of
 from jobs.compare.task import run_job
 
 Say = Callable[[str], None]
 INVOCATIONS_FILE = "invocations.json"  # under <output>/results/
+CHOSEN_FILE = "chosen.json"  # under <output>/results/: model → method → overrides
 
 
 @dataclass(frozen=True)
@@ -132,9 +134,12 @@ def publish(
     env = versions()
     history = _log_invocation(results / INVOCATIONS_FILE, outcome, command, seconds, env["date"])
     inv = Invocation(command=command, seconds=seconds, seeds=seeds, steps=steps, quick=quick,
-                     versions=env, reused=_reused_sentence(outcome),
-                     history=tuple(history))  # fmt: skip
+                     versions=env, reused=_reused_sentence(outcome), history=tuple(history),
+                     runs=outcome.trained + outcome.reused)  # fmt: skip
     rounds = {(j.model, j.method): j.config.train.rounds for j in outcome.final}
+    # The choice as overrides of each base config, for updating the shipped configs.
+    chosen = chosen_json(p, outcome.chosen, outcome.sweep_rows, rounds)
+    (results / CHOSEN_FILE).write_text(json.dumps(chosen, indent=2) + "\n")
     text = render(p, outcome.rows, outcome.sweep_rows, outcome.chosen, inv, rounds)
     (out / "RESULTS.md").write_text(text)
     return text

@@ -13,7 +13,7 @@ from pathlib import Path
 from foundation.config import Config, load_config
 from jobs import CONFIG_DIR
 from jobs.compare.methods import ENTROPY, SWEPT, TRAINED
-from jobs.compare.protocol import CompareError, Protocol, kwargs_override
+from jobs.compare.protocol import CompareError, Protocol, hp_label, kwargs_override
 
 Choice = dict[tuple[str, str], tuple[str, ...]]
 """(model, swept method) → the hyperparameter overrides the sweep chose."""
@@ -35,11 +35,6 @@ class Job:
         return self.config.run.name
 
 
-def hp_label(hp: Sequence[str]) -> str:
-    """scoping.gamma0=0.01 → gamma0=0.01 (the key's last part), joined by commas."""
-    return ",".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, _, v in (o.partition("=") for o in hp))
-
-
 def _rounds(method: str, steps: int, config: Config, factor: int = 1) -> int:
     """Rounds that spend exactly steps × factor gradient evaluations per replica.
 
@@ -50,15 +45,20 @@ def _rounds(method: str, steps: int, config: Config, factor: int = 1) -> int:
     per_round = algo.coupling_period * (algo.inner_steps if method in ENTROPY else 1)
     if steps * factor % per_round:
         raise CompareError(
-            f"{steps} gradient evaluations per replica is not a whole number of {method} rounds "
-            f"(K{' × L' if method in ENTROPY else ''} = {per_round})"
+            f"{config.run.name}: {steps} gradient evaluations per replica is not a whole "
+            f"number of {method} rounds (K{' × L' if method in ENTROPY else ''} = {per_round})"
         )
     return steps * factor // per_round
 
 
-def _base_config(p: Protocol, method: str) -> Path:
+def swept_as(method: str) -> str:
+    """The swept method whose base config, fixed settings and choice a row uses."""
+    return "sgd" if method == "sgd_long" else method
+
+
+def base_config(p: Protocol, method: str) -> Path:
     """The method's base config: as given, relative to here, or among jobs/configs/."""
-    path = Path(p.methods["sgd" if method == "sgd_long" else method])
+    path = Path(p.methods[swept_as(method)])
     return path if path.is_absolute() or path.exists() else CONFIG_DIR / path
 
 
@@ -74,8 +74,9 @@ def job_config(
     p: Protocol, model: str, method: str, seed: int, phase: str, hp: Sequence[str],
     steps: int, extra: Sequence[str] = (),
 ) -> Config:  # fmt: skip
-    """The run config of one job: base config ← protocol ← hyperparameters ← budget."""
-    path = _base_config(p, method)
+    """The run config of one job: base config ← the method's fixed settings ← protocol
+    (its `set`, the command line's --set) ← hyperparameters ← budget."""
+    path = base_config(p, method)
     common = [
         f"data.dataset={p.dataset}", f"model.arch={model}", f"run.seed={seed}",
         f"run.name={_run_name(model, method, seed, phase, hp)}", f"run.storage={p.storage}",
@@ -85,7 +86,7 @@ def job_config(
         *kwargs_override("data.kwargs", p.data_kwargs),
         *kwargs_override("model.kwargs", p.model_kwargs.get(model, {})),
     ]  # fmt: skip
-    overrides = [*common, *p.overrides, *extra, *hp]
+    overrides = [*common, *p.fixed.get(swept_as(method), ()), *p.overrides, *extra, *hp]
     # The rounds depend on the final K and L, so the config is loaded once to read them.
     config = load_config(path, overrides)
     rounds = _rounds(method, steps, config, p.replicas if method == "sgd_long" else 1)
@@ -97,7 +98,7 @@ def sweep_jobs(p: Protocol, steps: dict[str, int], extra: Sequence[str] = ()) ->
     jobs = []
     for model in p.models:
         for method in SWEPT:
-            for hp in p.sweep.get(method, [[]]):
+            for hp in p.trials(model, method):
                 cfg = job_config(p, model, method, p.sweep_seed, "sweep", hp, steps[model], extra)
                 jobs.append(Job(model, method, p.sweep_seed, "sweep", tuple(hp), cfg))
     return jobs
@@ -116,7 +117,7 @@ def final_jobs(
     for model in p.models:
         for seed in range(seeds):
             for method in TRAINED:
-                hp = chosen[(model, "sgd" if method == "sgd_long" else method)]
+                hp = chosen[(model, swept_as(method))]
                 cfg = job_config(p, model, method, seed, "final", hp, steps[model], extra)
                 jobs.append(Job(model, method, seed, "final", hp, cfg))
     return jobs

@@ -28,16 +28,38 @@ path is a valid run name) and --models; one import path is one model, so the sam
 with two sets of kwargs needs two importable names. The loss and the metric apply to
 every run (`set`); the table and every choice follow the runs' headline: the test
 accuracy, a user's metric, or the test loss when the runs have no metric.
+
+Each method is tuned on its own axes. `[sweep]` lists, per method, its trials (each a list
+of overrides, one sweep run); a `[sweep.<model>]` table's entries replace the shared ones
+for that model, since the MLP and the CNN may want different values (e.g. a learning
+rate). `[fixed]` holds, per method, overrides every run of it shares (its sweep and final
+runs), on top of its base config: settings that are chosen, not swept.
+
+    [fixed]
+    parle = ["algorithm.coupling_period=1", "algorithm.momentum=0.0"]
+
+    [sweep]
+    sgd = [["algorithm.lr=0.05"], ["algorithm.lr=0.1"]]
+    parle = [["algorithm.inner_lr=0.1"], ["algorithm.inner_lr=0.2"]]
+
+    [sweep.cnn1d]                            # replaces sweep.parle for the cnn1d only
+    parle = [["algorithm.inner_lr=0.05"], ["algorithm.inner_lr=0.1"]]
+
+At most MAX_TRIALS trials per method and model: the protocol must fit its time budget.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from foundation.fields import ConfigError, read_toml, toml_value
-from jobs.compare.methods import SWEPT
+from jobs.compare.methods import MAX_TRIALS, SWEPT
+
+Trials = list[list[str]]
+"""A method's sweep: one list of overrides per trial (one sweep run each)."""
 
 
 class CompareError(ConfigError):
@@ -67,8 +89,13 @@ class Protocol:
     sweep_seed: int
     steps: dict[str, int]
     methods: dict[str, str]
-    sweep: dict[str, list[list[str]]]
+    sweep: dict[str, Trials]
+    """method → its trials, for every model without its own ([sweep])."""
     flatness: FlatnessSpec
+    sweep_models: dict[str, dict[str, Trials]] = field(default_factory=dict)
+    """model → method → its trials, replacing sweep's for that model ([sweep.<model>])."""
+    fixed: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """method → overrides all its runs share, not swept ([fixed])."""
     overrides: tuple[str, ...] = ()
     data_kwargs: dict[str, Any] = field(default_factory=dict)
     """data.kwargs of every run ([compare] data_kwargs)."""
@@ -77,6 +104,10 @@ class Protocol:
     quick_seeds: int = 2
     quick_steps: int = 400
     source: str = ""
+
+    def trials(self, model: str, method: str) -> Trials:
+        """The method's trials for this model: its own, the shared ones, or the base config."""
+        return self.sweep_models.get(model, {}).get(method) or self.sweep.get(method) or [[]]
 
 
 def _list(value: Any, what: str) -> list[Any]:
@@ -94,12 +125,65 @@ def _methods(raw: dict[str, Any]) -> dict[str, str]:
     return methods
 
 
-def _sweep(raw: dict[str, Any]) -> dict[str, list[list[str]]]:
-    """[sweep]: per method, a list of override lists, each one sweep run."""
-    return {
-        str(m): [[str(s) for s in _list(o, f"sweep.{m} entry")] for o in _list(v, f"sweep.{m}")]
-        for m, v in raw.get("sweep", {}).items()
-    }
+def hp_label(hp: Sequence[str]) -> str:
+    """scoping.gamma0=0.01 → gamma0=0.01 (the key's last part), joined by commas; a
+    trial's part of its run name ("base" for the base config)."""
+    parts = (o.partition("=") for o in hp)
+    return ",".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, _, v in parts) or "base"
+
+
+def _overrides(value: Any, what: str) -> list[str]:
+    items = [str(s) for s in _list(value, what)]
+    bad = [s for s in items if "=" not in s]
+    if bad:
+        raise CompareError(f"{what}: {bad[0]!r} is not KEY=VALUE")
+    return items
+
+
+def _trials(value: Any, what: str) -> Trials:
+    """One method's trials: 1 … MAX_TRIALS lists of overrides, each its own run name."""
+    trials = [_overrides(t, f"{what} entry") for t in _list(value, what)]
+    if not trials or len(trials) > MAX_TRIALS:
+        raise CompareError(
+            f"{what} has {len(trials)} trials: 1 to {MAX_TRIALS} per method and model"
+        )
+    labels = [hp_label(t) for t in trials]
+    twice = next((label for label in labels if labels.count(label) > 1), None)
+    if twice is not None:  # two runs of one name would share one run directory
+        raise CompareError(f"{what} tries {twice} twice")
+    return trials
+
+
+def _sweep(
+    raw: dict[str, Any], models: tuple[str, ...]
+) -> tuple[dict[str, Trials], dict[str, dict[str, Trials]]]:
+    """[sweep]: per method its trials, and per model a table of methods' own trials."""
+    shared: dict[str, Trials] = {}
+    per_model: dict[str, dict[str, Trials]] = {}
+    for key, value in _table(raw.get("sweep", {}), "[sweep]", "of methods' trials").items():
+        if key in SWEPT:
+            shared[key] = _trials(value, f"sweep.{key}")
+        elif key in models and isinstance(value, dict):
+            unknown = [m for m in value if m not in SWEPT]
+            if unknown:
+                raise CompareError(f"sweep.{key}.{unknown[0]}: not a swept method "
+                                   f"({', '.join(SWEPT)})")  # fmt: skip
+            per_model[key] = {m: _trials(v, f"sweep.{key}.{m}") for m, v in value.items()}
+        else:
+            raise CompareError(
+                f"sweep.{key}: neither a swept method ({', '.join(SWEPT)}) nor a table "
+                "[sweep.<model>] of a model in compare.models"
+            )
+    return shared, per_model
+
+
+def _fixed(raw: dict[str, Any]) -> dict[str, tuple[str, ...]]:
+    """[fixed]: per swept method, overrides every run of it shares."""
+    fixed = _table(raw.get("fixed", {}), "[fixed]", "of methods' overrides")
+    unknown = [m for m in fixed if m not in SWEPT]
+    if unknown:
+        raise CompareError(f"fixed.{unknown[0]}: not a swept method ({', '.join(SWEPT)})")
+    return {m: tuple(_overrides(v, f"fixed.{m}")) for m, v in fixed.items()}
 
 
 def _models_and_steps(c: dict[str, Any]) -> tuple[tuple[str, ...], dict[str, int]]:
@@ -111,9 +195,11 @@ def _models_and_steps(c: dict[str, Any]) -> tuple[tuple[str, ...], dict[str, int
     return models, steps
 
 
-def _table(value: Any, what: str) -> dict[str, Any]:
+def _table(
+    value: Any, what: str, kind: str = "of keyword arguments, e.g. {hidden = 64}"
+) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise CompareError(f"{what} must be a table of keyword arguments, e.g. {{hidden = 64}}")
+        raise CompareError(f"{what} must be a table {kind}")
     return {str(k): v for k, v in value.items()}
 
 
@@ -152,8 +238,9 @@ def _flatness(fl: dict[str, Any]) -> FlatnessSpec:
 def load_protocol(path: str | Path) -> Protocol:
     raw = read_toml(Path(path), "comparison config", CompareError)
     c = raw.get("compare", {})
-    methods, sweep = _methods(raw), _sweep(raw)
+    methods = _methods(raw)
     models, steps = _models_and_steps(c)
+    sweep, sweep_models = _sweep(raw, models)
     data_kwargs, model_kwargs = _kwargs(c, models)
     flatness = _flatness(raw.get("flatness", {}))
     return Protocol(
@@ -168,6 +255,8 @@ def load_protocol(path: str | Path) -> Protocol:
         steps=steps,
         methods=methods,
         sweep=sweep,
+        sweep_models=sweep_models,
+        fixed=_fixed(raw),
         flatness=flatness,
         overrides=tuple(str(s) for s in _list(c.get("set", []), "compare.set")),
         data_kwargs=data_kwargs,

@@ -9,6 +9,7 @@ test_loss/train_loss for a run without a metric, or test_metric/train_metric.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,19 @@ from jobs.compare.plan import Job
 
 Row = dict[str, Any]
 """One table entry of one seed (also a row of compare.parquet / sweep.parquet)."""
+
+
+def relative(path: str | os.PathLike[str]) -> str:
+    """A path under the working directory (the repo) as relative to it; others as given.
+
+    RESULTS.md and its files are committed: they must not carry this machine's paths.
+    """
+    text = os.fspath(path)
+    if "://" in text or not os.path.isabs(text):
+        return text
+    here = os.getcwd()
+    inside = os.path.commonpath([here, text]) == here
+    return os.path.relpath(text, here) if inside else text
 
 
 def _read_json(storage: str, name: str, file: str) -> dict[str, Any]:
@@ -68,7 +82,8 @@ def row_of(job: Job, method: str, storage: str, sigmas: tuple[float, float]) -> 
         "wall_seconds": float(s["wall_seconds"]),
         "gradient_evaluations_per_replica": int(s["gradient_evaluations_per_replica"]),
         "replicas": int(s["replicas"]),
-        "run_dir": f"{storage.rstrip('/')}/{name}", "summary_sha256": s["center_sha256"],
+        "run_dir": relative(f"{storage.rstrip('/')}/{name}"),
+        "summary_sha256": s["center_sha256"],
     }  # fmt: skip
     return row | _flatness_columns(method, m, sigmas)
 

@@ -4,6 +4,7 @@ correlation and the rendered table, all on hand-made numbers; and bad input as o
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,11 +14,14 @@ import pytest
 
 from foundation.config import load_config
 from jobs import CONFIG_DIR
+from jobs.compare.command import shown_command
 from jobs.compare.driver import choose
 from jobs.compare.headline import Headline
-from jobs.compare.methods import METHODS, SWEPT
-from jobs.compare.plan import Job, hp_label, job_config
-from jobs.compare.protocol import CompareError, load_protocol
+from jobs.compare.methods import MAX_TRIALS, METHODS, SWEPT
+from jobs.compare.plan import Job, job_config, sweep_jobs
+from jobs.compare.protocol import CompareError, hp_label, load_protocol
+from jobs.compare.reading import chosen_json, reading_lines
+from jobs.compare.rows import relative
 from jobs.compare.stats import aggregate, spearman, spearman_critical, verdict
 from jobs.compare.tables import flatness_lines, fmt, fmt_sci, table_lines, verdict_lines
 
@@ -124,7 +128,7 @@ def test_table_has_one_line_per_method_and_the_aggregated_cells() -> None:
     assert len(lines) == 2 + len(METHODS)
     assert lines[0].count("|") == 10 and "δE(σ=0.1)" in lines[0] and "δE(σ=0.3)" in lines[0]
     assert lines[2].startswith("| SGD | 0.605 ± 0.007 | 0.705 ± 0.007 |")
-    assert lines[-1].startswith("| EASGD center |") and lines[-1].endswith("| 2 |")
+    assert lines[-1].startswith("| local SGD center |") and lines[-1].endswith("| 2 |")
 
 
 def test_hp_label_and_rounds_check() -> None:
@@ -133,7 +137,7 @@ def test_hp_label_and_rounds_check() -> None:
     )
     p = load_protocol(CONFIG_DIR / "compare_mnist1d.toml")
     with pytest.raises(CompareError, match="not a whole number of esgd rounds"):
-        job_config(p, "mlp", "esgd", 0, "final", (), 500)
+        job_config(p, "mlp", "esgd", 0, "final", (), 510)
     cfg = job_config(p, "mlp", "sgd_long", 0, "final", ("algorithm.lr=0.05",), 6000)
     assert (cfg.algorithm.replicas, cfg.train.rounds, cfg.algorithm.lr) == (1, 2400, 0.05)
     sweep = job_config(p, "cnn1d", "rsgd", 100, "sweep", ("scoping.gamma0=0.03",), 2000)
@@ -241,3 +245,82 @@ def test_a_protocol_names_user_model_data_and_loss_by_import_path(tmp_path: Path
     protocol.write_text(protocol.read_text().replace('"mypkg.nets:Net" = {hidden', "cnn = {hidden"))
     with pytest.raises(CompareError, match=r"model_kwargs names cnn: not in compare\.models"):
         load_protocol(protocol)
+
+
+def test_each_method_is_tuned_on_its_own_axes_within_the_budget() -> None:
+    """The shipped protocol: every (model, method) has 1 … MAX_TRIALS trials whose K and
+    K × L divide the budget (job_config refuses otherwise), the per-model grids replace the
+    shared ones, and the fixed settings reach sweep and final runs alike."""
+    p = load_protocol(CONFIG_DIR / "compare_mnist1d.toml")
+    jobs = sweep_jobs(p, p.steps)
+    for model in p.models:
+        for method in SWEPT:
+            n = sum(1 for j in jobs if (j.model, j.method) == (model, method))
+            assert 1 <= n <= MAX_TRIALS, (model, method, n)
+    assert p.trials("mlp", "parle") != p.trials("cnn1d", "parle")
+    assert p.trials("mlp", "sgd") == p.trials("cnn1d", "sgd") == p.sweep["sgd"]
+    tuned = {o.partition("=")[0] for t in p.trials("cnn1d", "parle") for o in t}
+    assert tuned >= {"algorithm.inner_lr", "algorithm.inner_steps", "scoping.gamma0",
+                     "scoping.rho0"}  # fmt: skip
+    final = job_config(p, "cnn1d", "parle", 0, "final", ("algorithm.inner_lr=0.05",), 1200)
+    a = final.algorithm
+    assert (a.coupling_period, a.lr, a.momentum, a.inner_lr) == (1, 1.0, 0.0, 0.05)
+    assert final.train.rounds * a.coupling_period * a.inner_steps == 1200
+
+
+@pytest.mark.parametrize(
+    ("sweep", "message"),
+    [
+        ("sgd = [" + ", ".join(f'["algorithm.lr=0.0{i}"]' for i in range(1, 8)) + "]",
+         "sweep.sgd has 7 trials: 1 to 6"),
+        ('sgd = [["algorithm.lr=0.1"], ["algorithm.lr=0.1"]]', "sweep.sgd tries lr=0.1 twice"),
+        ('sgd = [["algorithm.lr"]]', "'algorithm.lr' is not KEY=VALUE"),
+        ('[sweep.resnet18]\nsgd = [["algorithm.lr=0.1"]]', "sweep.resnet18: neither"),
+        ('[sweep.mlp]\nswa = [["algorithm.lr=0.1"]]', "sweep.mlp.swa: not a swept method"),
+    ],
+)  # fmt: skip
+def test_a_bad_sweep_grid_is_one_clear_error(tmp_path: Path, sweep: str, message: str) -> None:
+    methods = "".join(f'{m} = "{m}.toml"\n' for m in SWEPT)
+    protocol = tmp_path / "p.toml"
+    protocol.write_text(
+        '[compare]\nmodels = ["mlp"]\n[compare.steps]\nmlp = 400\n'
+        f"[methods]\n{methods}[sweep]\n{sweep}\n"
+    )
+    with pytest.raises(CompareError, match=re.escape(message)):
+        load_protocol(protocol)
+
+
+def test_committed_paths_are_relative_to_the_repo(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    assert relative(REPO / "runs" / "compare") == "runs/compare"
+    assert relative("runs/compare") == "runs/compare" and relative("s3://b/x") == "s3://b/x"
+    shown = shown_command(["--config", str(REPO / "jobs/configs/x.toml"),
+                           "--set", f"run.storage={REPO}/runs"])  # fmt: skip
+    assert str(REPO) not in shown
+    assert shown == "python -m jobs.compare --config jobs/configs/x.toml --set run.storage=runs"
+
+
+def test_the_reading_says_who_won_and_where_the_center_lost_to_the_ensemble() -> None:
+    rows = [row("mlp", m, s, v + 0.001 * s) for m, v in
+            (("sgd", 0.60), ("ensemble", 0.75), ("rsgd", 0.70), ("diloco", 0.80))
+            for s in range(3)]  # fmt: skip
+    lines = reading_lines(aggregate(rows), "mlp", Headline("accuracy"))
+    assert lines[0].startswith("- Best mean test accuracy: **DiLoCo center** (0.801 ± 0.001)")
+    ensemble = next(line for line in lines if "ensemble" in line)
+    assert "beat it: DiLoCo center" in ensemble
+    assert "**did not beat it** (lost): rSGD center" in ensemble
+
+
+def test_chosen_json_holds_the_overrides_that_reproduce_a_final_run() -> None:
+    p = load_protocol(CONFIG_DIR / "compare_mnist1d.toml")
+    hp = ("algorithm.inner_lr=0.1", "algorithm.inner_steps=20")
+    sweep_rows = [row("cnn1d", "parle", 100, 0.9) | {"hyperparameters": " ".join(hp)}]
+    out = chosen_json(p, {("cnn1d", "parle"): hp}, sweep_rows, {("cnn1d", "parle"): 60})
+    entry = out["cnn1d"]["parle"]
+    assert entry["config"] == "jobs/configs/parle.toml" and entry["rounds"] == 60
+    assert entry["overrides"] == [*p.fixed["parle"], *hp]
+    assert entry["validation_accuracy"] == 0.9
+    config = load_config(REPO / entry["config"], [*entry["overrides"], "model.arch=cnn1d",
+                                                  f"train.rounds={entry['rounds']}"])  # fmt: skip
+    a = config.algorithm
+    assert config.train.rounds * a.coupling_period * a.inner_steps == p.steps["cnn1d"]
