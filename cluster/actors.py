@@ -59,14 +59,16 @@ class NodeAware:
         return str(ray.get_runtime_context().get_node_id())
 
 
-_actor_classes: dict[type, type] = {}
+_actor_classes: dict[tuple[type, ...], type] = {}
 
 
-def actor_class(cls: type) -> type:
-    """`cls` with NodeAware mixed in (one class per cls, so Ray exports it once)."""
-    if cls not in _actor_classes:
-        _actor_classes[cls] = type(cls.__name__, (NodeAware, cls), {})
-    return _actor_classes[cls]
+def actor_class(cls: type, *mixins: type) -> type:
+    """`cls` with NodeAware and `mixins` mixed in (one class per combination, so Ray
+    exports each once)."""
+    key = (cls, *mixins)
+    if key not in _actor_classes:
+        _actor_classes[key] = type(cls.__name__, (NodeAware, *mixins, cls), {})
+    return _actor_classes[key]
 
 
 class RayReplicaGroup:
@@ -77,6 +79,8 @@ class RayReplicaGroup:
     group reserves its bundles itself (compact or spread: cluster/resources.py) and
     releases them at shutdown.
     """
+
+    mixins: tuple[type, ...] = ()  # mixed into every unit's actor class (cluster/collective.py)
 
     def __init__(
         self,
@@ -119,7 +123,7 @@ class RayReplicaGroup:
         )
         device, threads = ("cuda" if gpus else "cpu"), max(1, int(cpus))
         cls = PackedReplicas if self.packed else self.replica_cls
-        actor: Any = ray.remote(actor_class(cls)).options(
+        actor: Any = ray.remote(actor_class(cls, *self.mixins)).options(
             num_cpus=cpus, num_gpus=gpus, scheduling_strategy=strategy
         )
         first = self.units_of[u] if self.packed else self.units_of[u][0]

@@ -17,7 +17,7 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from cluster.actors import RayReplicaGroup
+from cluster.collective import replica_group_class
 from cluster.resources import replica_resources
 from cluster.session import connect
 from cluster.stopping import RunInterrupted, StopFlag, stop_grace_s, stop_on_signals
@@ -51,7 +51,7 @@ class CoordinatorHost:
     def start(
         self, config: Config, fresh: bool, job: str, parts: Ingredients | None = None
     ) -> dict[str, Any]:
-        group = functools.partial(RayReplicaGroup, parts=parts)
+        group = functools.partial(replica_group_class(config), parts=parts)
         self.coordinator = Coordinator(config, group, fresh=fresh, job=job, parts=parts)
         return self.coordinator.status()
 

@@ -1,103 +1,65 @@
-"""The center and what each algorithm does with it, once per round, in the coordinator.
+"""Who keeps the center, behind one interface the Coordinator uses.
 
-rsgd, parle: the center is the replicas' mean w̄, sent back for the pull.
-sgd: the mean is formed (it is the reported model) but nothing is sent.
-easgd: an explicit w̃ with its own dynamics: the coordinator applies its half of the
-exchange, w̃ ← w̃ + α Σ_a (w^a − w̃), and sends the OLD w̃, toward which each replica
-applies its own half next round, with the SAME α (both halves read the same w̃ and use
-the same α = ηγ, so Σ_a w^a + w̃ is conserved even while γ is scoped).
-diloco, localsgd: a center θ that the replicas start every round from; θ takes an outer
-Nesterov step on the pseudo-gradient θ − mean (DiLoCo: η_out, m from the config; local
-SGD: η_out = 1, m = 0, i.e. θ ← mean). θ starts at the replicas' common initial weights;
-the outer momentum buffer is part of every checkpoint. Float buffers (BatchNorm
-statistics) are averaged, not stepped.
-The formulas are flatmath.coupling's; docs/algorithms.md states them.
+With the object-store transport the coordinator keeps it (GatheredCenter: it receives
+every replica's weights and applies flatmath.center.CenterRule). With the collective
+transport the replica units keep it among themselves and the coordinator holds only a
+handle (cluster/collective.py's SharedCenter), which reads the center from a unit when
+it is needed: an evaluation, a checkpoint, a restart, the end.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
-import torch
 from torch import Tensor
 
-from flatmath import coupling
+from coordinator.groups import ReplicaLost, RoundOutcome
+from flatmath.center import CenterRule
+from flatmath.flat import readonly_tensor
 
-COUPLED = ("rsgd", "parle")  # the replicas pull toward the mean of the last round
-OUTER = ("diloco", "localsgd")  # the replicas start each round from an outer-stepped θ
 
-
-class CenterRule:
-    def __init__(self, kind: str, outer_lr: float = 1.0, outer_momentum: float = 0.0) -> None:
-        self.kind = kind
-        if kind == "localsgd":  # periodic averaging: outer SGD with rate 1, no momentum
-            outer_lr, outer_momentum = 1.0, 0.0
-        self.outer_lr, self.outer_momentum = outer_lr, outer_momentum
-        self.value: Tensor | None = None
-        self.sent: np.ndarray | None = None
-        """What the replicas pull toward next round (None: nothing to pull toward)."""
-        self.exchange_gamma = 0.0
-        """EASGD: the γ of the exchange whose old w̃ is `sent` (the replicas' half uses it)."""
-        self.momentum: Tensor | None = None  # DiLoCo's outer momentum buffer
+class Center(Protocol):
+    @property
+    def value(self) -> Tensor | None:
+        """The center w̄ (or EASGD's w̃, DiLoCo's θ) after the last round."""
+        ...
 
     @property
-    def starts_from_initial_weights(self) -> bool:
-        """diloco and localsgd need θ0, the replicas' common initial weights, first."""
-        return self.kind in OUTER
+    def sent(self) -> np.ndarray | None:
+        """What the coordinator sends the replicas to pull toward (None: nothing, or the
+        units hold it themselves)."""
+        ...
 
-    def start(self, initial: Tensor) -> None:
-        self.value = initial.clone()
-        self.sent = self.value.numpy()
+    @property
+    def starts_from_initial_weights(self) -> bool: ...
 
-    def pull_gamma(self, gamma: float) -> float:
-        """The γ the replicas couple with this round: EASGD's is that of the exchange the
-        coordinator began last round; the others use this round's."""
-        return self.exchange_gamma if self.kind == "easgd" else gamma
+    def start(self, initial: Tensor) -> None: ...
 
-    def update(self, weights: list[Tensor], gamma: float, lr: float, num_params: int) -> Tensor:
-        """The new center from this round's weights (γ and η make EASGD's α = ηγ);
-        returns ‖w^a − center‖ for each replica."""
-        if self.kind == "easgd":
-            if self.value is None:  # w̃ starts at the replicas' mean
-                self.value = coupling.center(weights)
-            old = self.value.clone()
-            coupling.easgd_center_update_(self.value, weights, lr * gamma)
-            self.sent, self.exchange_gamma = old.numpy(), gamma  # the replicas' half: same α
-        elif self.kind in OUTER:
-            self._outer_step(weights, num_params)
-        else:
-            self.value = coupling.center(weights)
-            self.sent = self.value.numpy() if self.kind in COUPLED else None
-        assert self.value is not None
-        return coupling.squared_distances(weights, self.value[:num_params]).sqrt()
+    def pull_gamma(self, gamma: float) -> float: ...
 
-    def _outer_step(self, weights: list[Tensor], num_params: int) -> None:
-        if self.value is None:
-            raise RuntimeError(f"{self.kind} needs its initial center (start()) first")
-        params = [w[:num_params] for w in weights]
-        if self.momentum is None and self.outer_momentum:
-            self.momentum = torch.zeros(num_params, dtype=self.value.dtype)
-        coupling.diloco_outer_step_(
-            self.value[:num_params], params, self.momentum, self.outer_lr, self.outer_momentum
-        )
-        self.value[num_params:] = coupling.center([w[num_params:] for w in weights])
-        self.sent = self.value.numpy()
+    def form(
+        self, outcomes: list[RoundOutcome], good: list[int], gamma: float, lr: float, p: int
+    ) -> Tensor:
+        """The new center from the good replicas of this round; ‖w^a − center‖ of each."""
+        ...
 
-    def state_dict(self) -> dict[str, Any]:
-        """The checkpoint's keys for the center (the names older checkpoints use)."""
-        sent = None if self.sent is None else _owned(self.sent)
-        return {"center": self.value, "sent_center": sent, "exchange_gamma": self.exchange_gamma,
-                "outer_momentum": self.momentum}  # fmt: skip
+    def state_dict(self) -> dict[str, Any]: ...
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.value = state["center"]
-        sent = state["sent_center"]
-        self.sent = None if sent is None else sent.numpy()
-        self.exchange_gamma = float(state.get("exchange_gamma", 0.0))
-        self.momentum = state.get("outer_momentum")
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-def _owned(array: np.ndarray) -> Tensor:
-    """A tensor that owns a copy of `array` (which may be a read-only view)."""
-    return torch.from_numpy(np.array(array, copy=True))
+class GatheredCenter(CenterRule):
+    """The center kept by the coordinator from the weights every replica sent."""
+
+    def form(
+        self, outcomes: list[RoundOutcome], good: list[int], gamma: float, lr: float, p: int
+    ) -> Tensor:
+        # Read-only views of what the object store returned: summed row by row, no stacking.
+        weights = [readonly_tensor(_weights(outcomes[a])) for a in good]
+        return self.update(weights, gamma, lr, p)
+
+
+def _weights(outcome: RoundOutcome) -> np.ndarray:
+    assert not isinstance(outcome, ReplicaLost)
+    return outcome[0]

@@ -23,14 +23,13 @@ import torch
 from torch import Tensor
 
 from coordinator import checkpoint, report, snapshot
-from coordinator.center import CenterRule
+from coordinator.center import Center, GatheredCenter
 from coordinator.ensemble import annotate, evaluation, headline
 from coordinator.failures import MAX_CONSECUTIVE_FAILURES, FailurePolicy
 from coordinator.groups import ReplicaGroup, ReplicaLost, ReplicasLost, RoundOutcome
 from coordinator.lease import Lease, LeaseLost
 from coordinator.resume import make_scopes
 from coordinator.rundir import CENTER_FILE, RunDir, torch_bytes
-from flatmath.flat import readonly_tensor
 from foundation.config import Config, to_toml
 from foundation.ingredients import Ingredients
 from foundation.storage import StorageError
@@ -73,7 +72,11 @@ class Coordinator:
         self.group = group_factory(config)
         self.round = 0
         algo = config.algorithm
-        self.rule = CenterRule(algo.kind, algo.outer_lr, algo.outer_momentum)
+        # The units keep the center themselves with the collective transport.
+        shared = getattr(self.group, "shared_center", None)
+        self.rule: Center = (
+            shared() if shared else GatheredCenter(algo.kind, algo.outer_lr, algo.outer_momentum)
+        )
         self.rows: list[dict[str, Any]] = []
         self.evaluations: list[dict[str, Any]] = []
         self.policy = FailurePolicy(self.group.size, config.train.on_divergence)
@@ -124,10 +127,8 @@ class Coordinator:
         failed = self._failures(r + 1, outcomes)  # rounds count from 1 in every record
         good = [a for a in range(self.group.size) if a not in failed]
         stats = {a: _good(outcomes[a])[1] for a in good}
-        # Read-only views of what the object store returned: summed row by row, no stacking.
-        weights = [readonly_tensor(_good(outcomes[a])[0]) for a in good]
         lr, p = self.config.algorithm.lr, self.group.num_params
-        spread = self.rule.update(weights, self.gamma.value(), lr, p)
+        spread = self.rule.form(outcomes, good, self.gamma.value(), lr, p)
         distances = dict(zip(good, spread.tolist(), strict=True))
         for a, reason in failed.items():
             self._restart(r + 1, a, reason)

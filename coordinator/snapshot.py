@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from coordinator import checkpoint
-from coordinator.center import CenterRule
+from coordinator.center import Center
 from coordinator.failures import FailurePolicy
 from coordinator.groups import ReplicaGroup
 from coordinator.resume import check_same_run, rescoped
@@ -26,7 +26,7 @@ class RunState(Protocol):
     config: Config
     run: RunDir
     round: int
-    rule: CenterRule
+    rule: Center
     gamma: Scope
     rho: Scope
     policy: FailurePolicy

@@ -134,5 +134,12 @@ def diloco_outer_step_(
     With η_out = 1 and m = 0 it is plain periodic averaging, θ ← mean (local SGD).
     `buf` (b) is updated in place and may be None only when m = 0.
     """
-    delta = center_ - center(replicas)
+    return diloco_step_to_mean_(center_, center(replicas), buf, lr, momentum)
+
+
+def diloco_step_to_mean_(
+    center_: Tensor, mean: Tensor, buf: Tensor | None, lr: float, momentum: float
+) -> Tensor:
+    """diloco_outer_step_ given the replicas' mean (e.g. formed by an all-reduce)."""
+    delta = center_ - mean
     return momentum_step_(center_, delta, buf, lr, momentum=momentum, nesterov=True)

@@ -167,6 +167,11 @@ class ResourcesConfig:
     """How the replicas' actors are placed over the nodes: compact (as few nodes as
     possible, Ray's PACK: the least traffic to the coordinator) or spread (as many as
     possible, Ray's SPREAD: a lost node costs fewer replicas)."""
+    transport: str = knob("object_store", choices=("object_store", "collective"))
+    """How the center is formed each round: object_store (every replica sends its weights
+    to the coordinator, which sends the center back) or collective (the replicas
+    all-reduce among themselves through ray.util.collective, gloo on CPU and NCCL on GPU;
+    the coordinator receives scalars only). docs/scaling.md says where each wins."""
     restart_timeout_s: float = knob(300.0, lo=0.0, open_lo=True)
     """Seconds a lost replica may wait for room on the cluster before the run stops."""
 

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from foundation.config import Config
@@ -128,3 +132,57 @@ def raylet_node_id(sid: int) -> str:
                 if arg.startswith(b"--node_id="):
                     return arg.split(b"=", 1)[1].decode()
     return ""
+
+
+@dataclass
+class LocalCluster:
+    """A multi-node Ray cluster on this machine: one `ray start` raylet per node."""
+
+    gcs: str  # host:port, for ray.init(address=…)
+    dashboard: str  # the job API's URL
+    env: dict[str, str]  # what the CLI and a driver need (token auth)
+    head_sid: int
+    workers: list[int]  # `ray start` session ids, one per worker node
+
+
+@contextlib.contextmanager
+def local_cluster(
+    temp: Path, head_cpus: int = 1, worker_cpus: tuple[int, ...] = (2, 2),
+    store_bytes: int = 100_000_000,
+) -> Iterator[LocalCluster]:  # fmt: skip
+    """A head and worker nodes, token auth as `ray start --head` does by default, each node
+    its own --num-cpus, a small --object-store-memory and its own temp dir (as each machine
+    has its own disk; Ray would otherwise share one runtime-env cache between nodes and a
+    node's cleanup would delete the others' working dirs). Stopped by the processes of
+    its own `ray start` sessions, never `ray stop` (every Ray process on the machine)."""
+    token = temp / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN_PATH": str(token)}  # fmt: skip
+    for key in ("RAY_AUTH_TOKEN", "RAY_ADDRESS"):
+        env.pop(key, None)
+    gcs, dashboard, store = free_port(), free_port(), f"--object-store-memory={store_bytes}"
+    sids: list[int] = []
+    node_dirs: list[Path] = []
+    try:
+        sids.append(ray_start(
+            "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", f"--num-cpus={head_cpus}",
+            store, f"--ray-client-server-port={free_port()}", *node_ports(), f"--temp-dir={temp}",
+            "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+            "--disable-usage-stats", env=env,
+        )[0])  # fmt: skip
+        for n, cpus in enumerate(worker_cpus):
+            node_dirs.append(Path(tempfile.mkdtemp(prefix=f"wv{n}", dir="/tmp")))  # short paths
+            sids.append(ray_start(
+                f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1", f"--num-cpus={cpus}",
+                store, *node_ports(), f"--temp-dir={node_dirs[-1]}", "--disable-usage-stats",
+                env=env,
+            )[0])  # fmt: skip
+        address = f"http://127.0.0.1:{dashboard}"
+        wait_for_job_agent(address, env)
+        yield LocalCluster(f"127.0.0.1:{gcs}", address, env, sids[0], sids[1:])
+    finally:
+        for sid in reversed(sids):
+            stop_session(sid)
+        for path in node_dirs:
+            shutil.rmtree(path, ignore_errors=True)

@@ -27,7 +27,7 @@ from typing import Any
 from torch import nn
 
 from cluster import driver
-from cluster.actors import RayReplicaGroup
+from cluster.collective import replica_group_class
 from cluster.validate import check_parts, on_remote_cluster
 from coordinator.coordinator import Coordinator, GroupFactory
 from coordinator.groups import LocalGroup
@@ -86,7 +86,7 @@ def fit(
     if local or trial is not None:
         check_parts(run_config, parts, remote=False)
         group: GroupFactory = functools.partial(
-            LocalGroup if local else _trial_group(), parts=parts
+            LocalGroup if local else _trial_group(run_config), parts=parts
         )  # fmt: skip
         reporter = TrialReporter(trial, tune_checkpoint_every_report) if trial else None
         wandb_group = wandb_group or (reporter.experiment() if reporter else None)
@@ -102,13 +102,14 @@ def _quiet(line: str) -> None:
     pass
 
 
-def _trial_group() -> Callable[..., Any]:
+def _trial_group(config: Config) -> Callable[..., Any]:
     """Replicas in the trial's own placement group (bundles 1…, bundle 0 holds the
     trial) when Tune reserved one for it, else in a placement group of their own."""
     from ray.util import get_current_placement_group
 
     pg = get_current_placement_group()
-    return RayReplicaGroup if pg is None else functools.partial(RayReplicaGroup, placement=(pg, 1))
+    cls = replica_group_class(config)
+    return cls if pg is None else functools.partial(cls, placement=(pg, 1))
 
 
 def _run_here(

@@ -10,85 +10,35 @@ Ray process on the machine).
 from __future__ import annotations
 
 import json
-import os
 import re
-import secrets
 import shutil
 import signal
-import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support import (
-    BIN,
-    RayCli,
-    free_port,
-    node_ports,
-    ray_start,
-    raylet_node_id,
-    stop_session,
-    wait_for_job_agent,
-)
+from tests.support import LocalCluster, RayCli, local_cluster, raylet_node_id, stop_session
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
-STORE = "--object-store-memory=100000000"  # 100 MB per node: three nodes on one small box
-
-
-@dataclass
-class Cluster:
-    dashboard: str
-    env: dict[str, str]
-    head_sid: int
-    workers: list[int]  # `ray start` session ids, one per worker node
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     import ray
 
     if ray.is_initialized():  # the local-Ray tier's session shares our two cores
         ray.shutdown()
     temp = tmp_path_factory.mktemp("ray")
-    token = temp / "auth_token"
-    token.write_text(secrets.token_hex(32))
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
-           "RAY_AUTH_TOKEN_PATH": str(token)}  # fmt: skip
-    for key in ("RAY_AUTH_TOKEN", "RAY_ADDRESS"):
-        env.pop(key, None)
-    gcs, dashboard = free_port(), free_port()
-    sids: list[int] = []
-    node_dirs: list[Path] = []
-    try:
-        sids.append(ray_start(
-            "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--num-cpus=1", STORE,
-            f"--ray-client-server-port={free_port()}", *node_ports(), f"--temp-dir={temp}",
-            "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-            "--disable-usage-stats", env=env,
-        )[0])  # fmt: skip
-        for n in range(2):  # each node its own temp dir, as each machine has its own disk
-            own = Path(tempfile.mkdtemp(prefix=f"wv{n}", dir="/tmp"))  # short: socket paths
-            sids.append(ray_start(
-                f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
-                STORE, *node_ports(), f"--temp-dir={own}", "--disable-usage-stats", env=env,
-            )[0])  # fmt: skip
-            node_dirs.append(own)
-        address = f"http://127.0.0.1:{dashboard}"
-        wait_for_job_agent(address, env)
-        yield Cluster(address, env, sids[0], sids[1:])
-    finally:
-        for sid in reversed(sids):
-            stop_session(sid)
-        for path in (temp, *node_dirs):
-            shutil.rmtree(path, ignore_errors=True)
+    with local_cluster(temp, head_cpus=1, worker_cpus=(2, 2)) as nodes:
+        yield nodes
+    shutil.rmtree(temp, ignore_errors=True)
 
 
-def submit(cluster: Cluster, ray_cli: RayCli, *entrypoint: str) -> str:
+def submit(cluster: LocalCluster, ray_cli: RayCli, *entrypoint: str) -> str:
     done = ray_cli("job", "submit", f"--address={cluster.dashboard}", "--no-wait",
                    f"--working-dir={REPO}", "--", *entrypoint, env=cluster.env)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
@@ -112,7 +62,7 @@ def wait_for_event(run_dir: Path, kind: str, timeout: float) -> None:
 
 
 def test_a_spread_run_survives_losing_a_worker_node(
-    cluster: Cluster, ray_cli: RayCli, tmp_path: Path
+    cluster: LocalCluster, ray_cli: RayCli, tmp_path: Path
 ) -> None:
     """The operator's report: 4 replicas spread over the nodes, SIGKILL of a worker node's
     raylet mid-run. The replicas of that node restart on the others from the center, the
@@ -145,7 +95,7 @@ def test_a_spread_run_survives_losing_a_worker_node(
 
 
 def test_a_sweep_runs_its_trials_on_the_cluster(
-    cluster: Cluster, ray_cli: RayCli, tmp_path: Path
+    cluster: LocalCluster, ray_cli: RayCli, tmp_path: Path
 ) -> None:
     storage = tmp_path / "sweeps"
     sets = [f"run.storage={storage}", f"data.root={tmp_path / 'data'}", "train.rounds=6",
