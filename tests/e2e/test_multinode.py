@@ -18,8 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 
+from foundation.config import load_config
 from tests.support import LocalCluster, RayCli, local_cluster, raylet_node_id, stop_session
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,6 +63,46 @@ def wait_for_event(run_dir: Path, kind: str, timeout: float) -> None:
         time.sleep(0.2)
 
 
+def test_a_submitted_sweep_runs_its_trials_as_tune_actors_on_the_cluster(
+    cluster: LocalCluster, ray_cli: RayCli, tmp_path: Path
+) -> None:
+    """First in this module, so that the actors listed below are the sweep's alone."""
+    storage = tmp_path / "sweeps"
+    submitted = ray_cli(
+        "job", "submit", f"--address={cluster.dashboard}", f"--working-dir={REPO}",
+        "--submission-id=wv-sweep-smoke", "--",
+        "python", "-m", "jobs.sweep", "--config", "jobs/configs/sweep_smoke.toml",
+        "--set", f"run.storage={storage}", "--set", f"data.root={tmp_path / 'data'}",
+        "--set", "train.rounds=6",
+        env=cluster.env,
+    )  # fmt: skip
+    output = submitted.stdout + submitted.stderr
+    assert submitted.returncode == 0, output
+    assert "on the Ray cluster at" in output and "4 trials in" in output, output
+    assert "Job 'wv-sweep-smoke' succeeded" in output, output
+
+    sweep_dir = storage / "sweep-smoke"
+    rows = pq.read_table(sweep_dir / "trials.parquet").to_pylist()
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"finished"}
+    assert {(r["scoping.gamma0"], r["scoping.kind"]) for r in rows} == {
+        (g, k) for g in (0.001, 0.1) for k in ("exponential", "cosine")
+    }
+    for r in rows:
+        summary = json.loads((Path(r["run_dir"]) / "summary.json").read_text())
+        assert summary["rounds"] == 6 and summary["replicas"] == 2
+    assert load_config(sweep_dir / "best.toml").train.rounds == 6
+    assert (sweep_dir / "plots" / "sweep.png").stat().st_size > 10_000
+
+    # What the dashboard shows: the trials as Tune actors (ImplicitFunc) beside the
+    # replica actors each trial started in its placement group.
+    listed = ray_cli("list", "actors", f"--address={cluster.dashboard}", "--format=json",
+                     "--limit=200", "--detail", env=cluster.env)  # fmt: skip
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    classes = [a["class_name"] for a in json.loads(listed.stdout)]
+    assert classes.count("ImplicitFunc") == 4, classes
+    assert classes.count("Replica") == 8, classes
+
+
 def test_a_spread_run_survives_losing_a_worker_node(
     cluster: LocalCluster, ray_cli: RayCli, tmp_path: Path
 ) -> None:
@@ -92,19 +134,3 @@ def test_a_spread_run_survives_losing_a_worker_node(
     assert all(e["reason"].startswith("lost: ") for e in restarts), restarts
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["rounds"] == rounds and "center_sha256" in output
-
-
-def test_a_sweep_runs_its_trials_on_the_cluster(
-    cluster: LocalCluster, ray_cli: RayCli, tmp_path: Path
-) -> None:
-    storage = tmp_path / "sweeps"
-    sets = [f"run.storage={storage}", f"data.root={tmp_path / 'data'}", "train.rounds=6",
-            "train.eval_every=3"]  # fmt: skip
-    done = ray_cli("job", "submit", f"--address={cluster.dashboard}", f"--working-dir={REPO}",
-                   "--", "python", "-m", "jobs.sweep", "--config",
-                   "jobs/configs/sweep_smoke.toml", *[a for s in sets for a in ("--set", s)],
-                   env=cluster.env)  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert (storage / "smoke-sweep" / "trials.parquet").exists() or list(
-        storage.glob("*/trials.parquet")
-    )

@@ -1,0 +1,160 @@
+"""P7: the embedded default against the hand-written loop it replaces, whole processes.
+
+The loop is what the reference codes do on one machine: one Python process steps the y
+replicas one after another and pulls them toward their mean every K steps (plain
+PyTorch, below: the same model and initial weights per replica, the same data, learning
+rate, momentum, K, rounds and γ schedule, automatic γ1 included). Against it:
+`python -m jobs.train` with the same config (its own local Ray, actors, the round loop,
+evaluation and the run directory). Both are timed as whole processes from launch to
+exit, in alternation (loop, train, loop, train, …), and P7 is the median of the per-pair
+ratios train ÷ loop. The loop runs at its best thread count, chosen by one timed run at
+each of 1 and 2 threads before the pairs.
+
+    python benchmarks/p7_vs_loop.py [--pairs 5] [--set model.arch=cnn1d]
+    python benchmarks/p7_vs_loop.py --loop --threads 1      # the loop alone, once
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "jobs" / "configs" / "default.toml"
+
+
+def hand_loop(sets: list[str], threads: int) -> float:
+    """The 40-line loop; returns the center's test accuracy."""
+    import torch
+    import torch.nn.functional as F
+
+    from coordinator.resume import make_scopes
+    from foundation.config import load_config
+    from foundation.ingredients import Ingredients
+    from replicas.replica import replica_seed
+
+    torch.set_num_threads(threads)
+    cfg = load_config(CONFIG, sets)
+    parts = Ingredients.from_config(cfg)
+    data = parts.load_data(cfg)
+    a, y, n = cfg.algorithm, cfg.algorithm.replicas, len(data.train.y)
+    seeds = [replica_seed(cfg.run.seed, i) for i in range(y)]
+    models = [parts.new_model(data, s) for s in seeds]
+    opts = [torch.optim.SGD(m.parameters(), lr=a.lr, momentum=a.momentum) for m in models]
+    orders = [torch.Generator().manual_seed(s) for s in seeds]
+    perms, spots = [torch.randperm(n, generator=g) for g in orders], [0] * y
+    gamma, _ = make_scopes(cfg)
+    center: list[torch.Tensor] | None = None
+    for r in range(cfg.train.rounds):
+        losses = []
+        for i, (model, opt) in enumerate(zip(models, opts, strict=True)):
+            if center is not None:  # rSGD's pull: w ← w − η K γ (w − w̄)
+                with torch.no_grad():
+                    for w, c in zip(model.parameters(), center, strict=True):
+                        w.sub_(a.lr * a.coupling_period * gamma.value() * (w - c))
+            for _ in range(a.coupling_period):
+                if spots[i] + cfg.data.batch_size > n:
+                    perms[i], spots[i] = torch.randperm(n, generator=orders[i]), 0
+                batch = perms[i][spots[i] : spots[i] + cfg.data.batch_size]
+                spots[i] += cfg.data.batch_size
+                loss = F.cross_entropy(model(data.train.x[batch]), data.train.y[batch])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            losses.append(loss.item())
+        with torch.no_grad():
+            weights = [list(m.parameters()) for m in models]
+            center = [torch.stack(ws).mean(0) for ws in zip(*weights, strict=True)]
+            if r == 0:  # the automatic γ1 is fixed from the first round, as in the service
+                sq = [sum(float((w - c).pow(2).sum()) for w, c in zip(ws, center, strict=True))
+                      for ws in weights]  # fmt: skip
+                gamma.calibrate(statistics.mean(losses), statistics.mean(sq) / 2)
+        gamma.step()
+    return _center_accuracy(models[0], center, data)
+
+
+def _center_accuracy(net: Any, center: list[Any] | None, data: Any) -> float:
+    import torch
+
+    assert center is not None
+    with torch.no_grad():
+        for w, c in zip(net.parameters(), center, strict=True):
+            w.copy_(c)
+        net.train()
+        for module in net.modules():  # BatchNorm statistics of the center, on train data
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.reset_running_stats()
+                module.momentum = None
+        for start in range(0, len(data.train.y), 500):
+            net(data.train.x[start : start + 500])
+        net.eval()
+        return float((net(data.test.x).argmax(1) == data.test.y).float().mean())
+
+
+def timed(command: list[str], env: dict[str, str]) -> tuple[float, str]:
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{done.stdout}\n{done.stderr}")
+    return seconds, done.stdout
+
+
+def accuracy_of(output: str, loop: bool) -> float:
+    if loop:
+        return float(output.split("center test accuracy ")[1].split()[0])
+    line = next(x for x in output.splitlines() if x.startswith("center "))
+    return float(line.split()[1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--pairs", type=int, default=5)
+    parser.add_argument("--set", action="append", default=[], dest="sets")
+    parser.add_argument("--loop", action="store_true", help="run the hand loop once")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    if args.loop:
+        print(f"center test accuracy {hand_loop(args.sets, args.threads):.4f}")
+        return
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from _timing import header
+
+    settings = {"config": "jobs/configs/default.toml", "sets": args.sets, "pairs": args.pairs}
+    header("P7: python -m jobs.train ÷ the hand-written loop (whole processes)", settings)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    sets = [a for s in args.sets for a in ("--set", s)]
+    loop_cmd = [sys.executable, "benchmarks/p7_vs_loop.py", "--loop", *sets]
+    with tempfile.TemporaryDirectory(prefix="p7") as storage:
+        train_cmd = [sys.executable, "-m", "jobs.train", "--config", str(CONFIG), *sets,
+                     "--set", f"run.storage={storage}", "--fresh"]  # fmt: skip
+        timed(train_cmd, env)  # the data cache and the first imports, not counted
+        best = min((1, 2), key=lambda t: timed([*loop_cmd, "--threads", str(t)], env)[0])
+        print(f"  loop threads: {best} (the faster of 1 and 2 in one timed run each)")
+        pairs = []
+        for k in range(args.pairs):
+            loop_s, loop_out = timed([*loop_cmd, "--threads", str(best)], env)
+            train_s, train_out = timed(train_cmd, env)
+            pairs.append((train_s, loop_s))
+            train_acc, loop_acc = accuracy_of(train_out, False), accuracy_of(loop_out, True)
+            print(f"  pair {k + 1}: train {train_s:6.1f} s (center acc {train_acc:.3f})  "
+                  f"loop {loop_s:6.1f} s (center acc {loop_acc:.3f})  "
+                  f"ratio {train_s / loop_s:.2f}", flush=True)  # fmt: skip
+    ratios = [t / lp for t, lp in pairs]
+    train_med = statistics.median(t for t, _ in pairs)
+    loop_med = statistics.median(lp for _, lp in pairs)
+    print(
+        f"P7 = {statistics.median(ratios):.2f} (median of {len(pairs)} pairs; "
+        f"{min(ratios):.2f}–{max(ratios):.2f}); train {train_med:.1f} s, loop {loop_med:.1f} s"
+    )
+
+
+if __name__ == "__main__":
+    main()
