@@ -158,11 +158,13 @@ class RayReplicaGroup:
             reason = f"its node {node[:12]} was lost; {reason}"
         return ReplicaLost(reason, node)
 
-    def _all_or_raise(self, outcomes: list[Outcome]) -> list[Any]:
-        """The units' results, or ReplicasLost naming every replica of every lost unit."""
+    def _all_or_raise(self, outcomes: list[Outcome], units: list[int] | None = None) -> list[Any]:
+        """The results of `units` (all, by default), or ReplicasLost naming every replica
+        of every lost unit."""
+        units = list(range(len(outcomes))) if units is None else units
         lost = {
             a: outcome
-            for u, outcome in enumerate(outcomes)
+            for u, outcome in zip(units, outcomes, strict=True)
             if isinstance(outcome, ReplicaLost)
             for a in self.units_of[u]
         }
@@ -203,7 +205,7 @@ class RayReplicaGroup:
     def center_state(self, center: np.ndarray) -> dict[str, Any]:
         timeout = self.config.train.round_timeout_s
         [state] = self._all_or_raise(
-            self._call(lambda u, a: a.center_state.remote(center), timeout, units=[0])
+            self._call(lambda u, a: a.center_state.remote(center), timeout, units=[0]), [0]
         )
         return dict(state)
 

@@ -165,9 +165,12 @@ class CollectiveReplicaGroup(RayReplicaGroup):
         self.generation += 1
         name, world = f"wv-{self.tag}-{self.generation}", len(units)
         rank = {u: i for i, u in enumerate(units)}
-        self._all_or_raise(
-            self._call(lambda u, a: a.join.remote(name, world, rank[u]), STARTUP_TIMEOUT_S, units)
-        )
+
+        def join(u: int, actor: Any) -> Any:
+            return actor.join.remote(name, world, rank[u])
+
+        joins = self._call(join, STARTUP_TIMEOUT_S, units)
+        self._all_or_raise(joins, units)
         self.joined = True
 
     def from_live_unit(self, method: str) -> Any:
@@ -175,7 +178,7 @@ class CollectiveReplicaGroup(RayReplicaGroup):
         first = self.live()[0]
         timeout = self.config.train.round_timeout_s
         [value] = self._all_or_raise(
-            self._call(lambda u, a: getattr(a, method).remote(), timeout, [first])
+            self._call(lambda u, a: getattr(a, method).remote(), timeout, [first]), [first]
         )
         return value
 
@@ -195,10 +198,10 @@ class CollectiveReplicaGroup(RayReplicaGroup):
             algo = self.config.algorithm
             actor = self.actors[u]
             actor.setup_center.remote(algo.kind, algo.outer_lr, algo.outer_momentum)
-            self._all_or_raise(
-                self._call(lambda _, a: a.load_center_rule_state.remote(rule_state),
-                           STARTUP_TIMEOUT_S, [u])
-            )  # fmt: skip
+            loaded = self._call(
+                lambda _, a: a.load_center_rule_state.remote(rule_state), STARTUP_TIMEOUT_S, [u]
+            )
+            self._all_or_raise(loaded, [u])
             self.joined = False
 
 
