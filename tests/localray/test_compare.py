@@ -176,13 +176,13 @@ def test_cifar10_path_on_standin_data(ray_session: None, tmp_path: Path) -> None
     small = tmp_path / "compare_cifar10.toml"
     small.write_text(f"{head}\n[sweep]\n{one_each}\n[flatness]{rest.split('[flatness]', 1)[1]}")
     argv = ["--config", str(small), "--models", "smallconvnet",
-            "--seeds", "1", "--steps", "10", "--storage", str(tmp_path / "runs"),
-            "--output", str(out), "--set", f"data.root={root}", "--set", "data.batch_size=10",
-            "--set", "algorithm.coupling_period=2", "--set", "algorithm.inner_steps=5",
+            "--seeds", "1", "--steps", "4", "--storage", str(tmp_path / "runs"),
+            "--output", str(out), "--set", f"data.root={root}", "--set", "data.batch_size=4",
+            "--set", "algorithm.coupling_period=2", "--set", "algorithm.inner_steps=2",
             "--flatness", "subset=50", "--flatness", "draws=4",
             "--flatness", "lanczos_steps=5"]  # fmt: skip
     assert main(argv) == 0
-    check_against_run_dirs(out, "smallconvnet", "### cifar10 smallconvnet", seeds=1, steps=10)
+    check_against_run_dirs(out, "smallconvnet", "### cifar10 smallconvnet", seeds=1, steps=4)
     assert len(pq.read_table(out / "results" / "sweep.parquet").to_pylist()) == 7
     rows = pq.read_table(out / "results" / "compare.parquet").to_pylist()
     for r in rows:
