@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 from torch import Tensor
 
-from coordinator.groups import ReplicaLost, RoundOutcome
+from coordinator.groups import RoundOutcome, delivered
 from flatmath.center import CenterRule
 from flatmath.flat import readonly_tensor
 
@@ -56,10 +56,5 @@ class GatheredCenter(CenterRule):
         self, outcomes: list[RoundOutcome], good: list[int], gamma: float, lr: float, p: int
     ) -> Tensor:
         # Read-only views of what the object store returned: summed row by row, no stacking.
-        weights = [readonly_tensor(_weights(outcomes[a])) for a in good]
+        weights = [readonly_tensor(delivered(outcomes[a])[0]) for a in good]
         return self.update(weights, gamma, lr, p)
-
-
-def _weights(outcome: RoundOutcome) -> np.ndarray:
-    assert not isinstance(outcome, ReplicaLost)
-    return outcome[0]

@@ -26,14 +26,14 @@ from coordinator import checkpoint, report, snapshot
 from coordinator.center import Center, GatheredCenter
 from coordinator.ensemble import annotate, evaluation, headline
 from coordinator.failures import MAX_CONSECUTIVE_FAILURES, FailurePolicy
-from coordinator.groups import ReplicaGroup, ReplicaLost, ReplicasLost, RoundOutcome
+from coordinator.groups import ReplicaGroup, ReplicasLost, RoundOutcome, delivered
 from coordinator.lease import Lease, LeaseLost
 from coordinator.resume import make_scopes
 from coordinator.rundir import CENTER_FILE, RunDir, torch_bytes
 from foundation.config import Config, to_toml
 from foundation.ingredients import Ingredients
 from foundation.storage import StorageError
-from replicas.replica import RoundStats, replica_seed
+from replicas.replica import replica_seed
 
 GroupFactory = Callable[[Config], ReplicaGroup]
 T = TypeVar("T")
@@ -126,7 +126,7 @@ class Coordinator:
         gathered = time.perf_counter()
         failed = self._failures(r + 1, outcomes)  # rounds count from 1 in every record
         good = [a for a in range(self.group.size) if a not in failed]
-        stats = {a: _good(outcomes[a])[1] for a in good}
+        stats = {a: delivered(outcomes[a])[1] for a in good}
         lr, p = self.config.algorithm.lr, self.group.num_params
         spread = self.rule.form(outcomes, good, self.gamma.value(), lr, p)
         distances = dict(zip(good, spread.tolist(), strict=True))
@@ -289,8 +289,3 @@ class Coordinator:
             self.group.shutdown()
         finally:
             self.lease.release()
-
-
-def _good(outcome: RoundOutcome) -> tuple[np.ndarray, RoundStats]:
-    assert not isinstance(outcome, ReplicaLost)
-    return outcome

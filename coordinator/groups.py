@@ -68,6 +68,12 @@ class ReplicaGroup(Protocol):
     def shutdown(self) -> None: ...
 
 
+def delivered(outcome: RoundOutcome) -> tuple[np.ndarray, RoundStats]:
+    """The (weights, stats) of a replica that was not lost this round."""
+    assert not isinstance(outcome, ReplicaLost)
+    return outcome
+
+
 def layout(config: Config) -> list[list[int]]:
     """Replica indices per unit: [[0..p-1], [p..2p-1], …]; the last unit may be smaller."""
     y, p = config.algorithm.replicas, config.resources.replicas_per_actor
