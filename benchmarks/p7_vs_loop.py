@@ -11,6 +11,7 @@ ratios train ÷ loop. The loop runs at its best thread count, chosen by one time
 each of 1 and 2 threads before the pairs.
 
     python benchmarks/p7_vs_loop.py [--pairs 5] [--set model.arch=cnn1d]
+    WV_DASHBOARD=0 python benchmarks/p7_vs_loop.py       # the private Ray without a dashboard
     python benchmarks/p7_vs_loop.py --loop --threads 1      # the loop alone, once
 """
 
@@ -127,7 +128,8 @@ def main() -> None:
     sys.path.insert(0, str(REPO / "benchmarks"))
     from _timing import header
 
-    settings = {"config": "jobs/configs/default.toml", "sets": args.sets, "pairs": args.pairs}
+    settings = {"config": "jobs/configs/default.toml", "sets": args.sets, "pairs": args.pairs,
+                "WV_DASHBOARD": os.environ.get("WV_DASHBOARD", "1 (unset)")}  # fmt: skip
     header("P7: python -m jobs.train ÷ the hand-written loop (whole processes)", settings)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     sets = [a for s in args.sets for a in ("--set", s)]

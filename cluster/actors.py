@@ -95,7 +95,7 @@ class RayReplicaGroup:
         self.parts = None if parts is None else ray.put(parts)
         self.replica_cls = replica_cls  # tests pass a subclass that injects faults
         self.units_of = layout(config)
-        self.packed = config.resources.replicas_per_actor > 1
+        self.packed = config.resources.per_actor() > 1
         if placement is None:
             bundles = unit_bundles(config, ray.cluster_resources())
             strategy = STRATEGIES[config.resources.placement]
@@ -222,7 +222,7 @@ class RayReplicaGroup:
         self._all_or_raise(self._call(load, STARTUP_TIMEOUT_S))
 
     def replace(self, index: int, state: dict[str, Any]) -> None:
-        u, row = locate(index, self.config.resources.replicas_per_actor)
+        u, row = locate(index, self.config.resources.per_actor())
         if u in self.lost:  # its bundle is free again (Ray moves it off a lost node)
             self._restart_unit(u)
         actor = self.actors[u]
@@ -263,7 +263,7 @@ class RayReplicaGroup:
         )
 
     def node_of(self, index: int) -> str:
-        u, _ = locate(index, self.config.resources.replicas_per_actor)
+        u, _ = locate(index, self.config.resources.per_actor())
         return self.nodes[u] if u < len(self.nodes) else ""
 
     def pids(self) -> list[int]:

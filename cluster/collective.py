@@ -189,7 +189,7 @@ class CollectiveReplicaGroup(RayReplicaGroup):
 
     def replace(self, index: int, state: dict[str, Any]) -> None:
         """A restarted unit gets the survivors' center and joins the group next round."""
-        u, _ = locate(index, self.config.resources.replicas_per_actor)
+        u, _ = locate(index, self.config.resources.per_actor())
         restarting = u in self.lost
         if restarting:
             rule_state = self.from_live_unit("center_rule_state")

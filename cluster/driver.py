@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +19,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from cluster.collective import replica_group_class
-from cluster.resources import replica_resources
+from cluster.resources import replica_resources, resolve_packing
 from cluster.session import connect
 from cluster.stopping import RunInterrupted, StopFlag, stop_grace_s, stop_on_signals
 from cluster.validate import check_parts, on_remote_cluster
@@ -55,8 +56,16 @@ class CoordinatorHost:
         self.coordinator = Coordinator(config, group, fresh=fresh, job=job, parts=parts)
         return self.coordinator.status()
 
-    def step(self) -> dict[str, Any]:
-        return self.coordinator.step()
+    def steps(self, budget_s: float) -> list[dict[str, Any]]:
+        """Rounds until `budget_s` seconds have passed (at least one) or the run is done;
+        one progress record each. A call per round would add a Ray round trip to every
+        round, a fifth of a small model's round time on 2 cores (docs/performance.md, P7)."""
+        start, records = time.perf_counter(), []
+        while not self.coordinator.done:
+            records.append(self.coordinator.step())
+            if time.perf_counter() - start >= budget_s:
+                break
+        return records
 
     def finish(self) -> dict[str, Any]:
         return self.coordinator.finish()
@@ -79,11 +88,15 @@ def run(
     from foundation import tracking  # wandb is imported only when logging.wandb is on
 
     where = connect()
+    config = resolve_packing(config, ray.nodes())
     replica_resources(config, ray.cluster_resources())  # fail before any actor starts
     if on_remote_cluster():
         check_parts(config, parts, remote=True)
+    p, y = config.resources.replicas_per_actor, config.algorithm.replicas
+    actors = -(-y // p)
+    units = f" ({'one actor' if actors == 1 else f'{actors} actors'} of {p})" if p > 1 else ""
     say(
-        f"wv: {config.algorithm.kind} with {config.algorithm.replicas} replicas of "
+        f"wv: {config.algorithm.kind} with {y} replicas{units} of "
         f"{config.model.arch} on {config.data.dataset}, {config.train.rounds} rounds of "
         f"K={config.algorithm.coupling_period}, on {where}"
     )
@@ -107,6 +120,11 @@ def run(
     return summary
 
 
+# Rounds per driver call last about this long: progress lines and a stop on SIGTERM or
+# SIGINT lag by at most this much (plus one round).
+BATCH_S = 0.25
+
+
 def _rounds(
     host: Any, config: Config, at: int, stopping: StopFlag, say: Callable[[str], None],
     tracker: Any,
@@ -115,10 +133,10 @@ def _rounds(
     while at < config.train.rounds:
         if stopping.signum is not None:
             _stop(host, stopping.signum)
-        progress = ray.get(host.step.remote())
-        say(progress_line(progress, config.train.rounds))
-        tracker.log(progress)
-        at = progress["round"]
+        for progress in ray.get(host.steps.remote(BATCH_S)):
+            say(progress_line(progress, config.train.rounds))
+            tracker.log(progress)
+            at = progress["round"]
     if stopping.signum is not None:
         _stop(host, stopping.signum)
     summary: dict[str, Any] = ray.get(host.finish.remote())

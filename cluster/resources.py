@@ -7,16 +7,27 @@ driver's node and the center back, so fewer nodes means less traffic between mac
 and it is what Ray itself does for a placement group. "spread" (Ray's SPREAD) puts them
 on as many nodes as possible: a lost node then costs fewer replicas, and replicas that
 are bound by CPU or memory bandwidth get a machine each.
+
+resources.replicas_per_actor = 0 (auto, the default) is made explicit by the driver for
+the cluster it runs on (resolve_packing): with more replicas than CPUs on one node, one
+actor per replica only queues them for the cores and adds a Ray call per replica per
+round, while one actor stepping all of them with batched kernels over every core wins
+(docs/performance.md, P2 and P7).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Any
 
 from coordinator.groups import layout
 from foundation.config import Config
 
 STRATEGIES = {"compact": "PACK", "spread": "SPREAD"}
+# Plain Sequentials that replicas/packed_forward.py steps with batched kernels; other
+# models would pack under vmap, which P2 measured slower than one replica at a time.
+AUTO_PACKED_ARCHS = ("mlp", "cnn1d")
 
 
 class ResourceError(RuntimeError):
@@ -46,3 +57,21 @@ def unit_bundles(config: Config, cluster: dict[str, float]) -> list[dict[str, fl
     """One placement-group bundle per actor: a replica's resources × the replicas in it."""
     one = replica_resources(config, cluster)
     return [{k: v * len(unit) for k, v in one.items()} for unit in layout(config)]
+
+
+def resolve_packing(config: Config, nodes: list[dict[str, Any]]) -> Config:
+    """`config` with resources.replicas_per_actor = 0 (auto) made explicit for a cluster
+    whose ray.nodes() are `nodes`: all replicas in one actor on a one-node CPU cluster
+    with more replicas than CPUs, for a model in AUTO_PACKED_ARCHS; else one per actor."""
+    res, y = config.resources, config.algorithm.replicas
+    if res.replicas_per_actor:
+        return config
+    cpu_nodes = [n for n in nodes if n.get("Alive") and n["Resources"].get("CPU", 0) > 0]
+    packs = (
+        len(cpu_nodes) == 1
+        and y > cpu_nodes[0]["Resources"]["CPU"]
+        and not (res.gpus_per_replica or res.cpus_per_replica)
+        and config.model.arch in AUTO_PACKED_ARCHS
+    )
+    resolved = dataclasses.replace(res, replicas_per_actor=y if packs else 1)
+    return dataclasses.replace(config, resources=resolved)

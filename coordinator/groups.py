@@ -76,7 +76,7 @@ def delivered(outcome: RoundOutcome) -> tuple[np.ndarray, RoundStats]:
 
 def layout(config: Config) -> list[list[int]]:
     """Replica indices per unit: [[0..p-1], [p..2p-1], …]; the last unit may be smaller."""
-    y, p = config.algorithm.replicas, config.resources.replicas_per_actor
+    y, p = config.algorithm.replicas, config.resources.per_actor()
     return [list(range(start, min(start + p, y))) for start in range(0, y, p)]
 
 
@@ -104,7 +104,7 @@ class LocalGroup:
         self.config = config
         self.parts = parts  # None: each replica resolves the config's names itself
         self.units_of = layout(config)
-        self.packed = config.resources.replicas_per_actor > 1
+        self.packed = config.resources.per_actor() > 1
         self.units = [self._new_unit(u) for u in range(len(self.units_of))]
         self.size = config.algorithm.replicas
         self.num_params = self.units[0].num_params
@@ -145,7 +145,7 @@ class LocalGroup:
             unit.load_state_dict(mine if self.packed else mine[0])
 
     def replace(self, index: int, state: dict[str, Any]) -> None:
-        u, row = locate(index, self.config.resources.replicas_per_actor)
+        u, row = locate(index, self.config.resources.per_actor())
         if u in self.lost_units:
             self.units[u] = self._new_unit(u)
             self.lost_units.discard(u)

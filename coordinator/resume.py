@@ -19,7 +19,10 @@ class ResumeMismatch(ValueError):
 
 
 # A resumed run may change how long it trains and how it reports, not what it trains.
-RESUMABLE_CHANGES = ("train", "logging", "run.name", "run.storage")
+# Checkpoints hold each replica on its own, so a resume may also pack them differently
+# (resources.replicas_per_actor = auto on another cluster): the same training, though
+# not bit-identical to an uninterrupted run, since packed kernels sum in another order.
+RESUMABLE_CHANGES = ("train", "logging", "run.name", "run.storage", "resources.replicas_per_actor")
 
 
 def make_scopes(config: Config) -> tuple[Scope, Scope]:

@@ -161,8 +161,17 @@ class ResourcesConfig:
     """GPUs reserved per replica (1 = one GPU each; fractions share a GPU)."""
     cpus_per_replica: float = knob(0.0, lo=0.0, hi=256.0)
     """CPUs reserved per replica; 0 = share the cluster's CPUs evenly (at most 1 each)."""
-    replicas_per_actor: int = knob(1, lo=1, hi=1024)
-    """p: replicas packed in one actor on one device, stepped together (torch.func)."""
+    replicas_per_actor: int = knob(0, lo=0, hi=1024)
+    """p: replicas packed in one actor on one device, stepped together. 0 = auto: a single
+    run on a one-node cluster with more replicas than CPUs packs them all into one actor
+    holding every CPU when its model is one the batched kernels step (mlp, cnn1d); any
+    other run keeps one replica per actor (cluster/resources.py, docs/performance.md)."""
+
+    def per_actor(self) -> int:
+        """p as the replica groups use it: auto (0) is one replica per actor until the
+        driver resolves it for the cluster it runs on."""
+        return self.replicas_per_actor or 1
+
     placement: str = knob("compact", choices=("compact", "spread"))
     """How the replicas' actors are placed over the nodes: compact (as few nodes as
     possible, Ray's PACK: the least traffic to the coordinator) or spread (as many as

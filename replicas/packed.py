@@ -246,7 +246,7 @@ class PackedReplicas:
 def check_packable(parts: Ingredients, config: Config, data: Dataset) -> None:
     """With resources.replicas_per_actor > 1, step two packed replicas once: a model that
     neither the batched kernels nor vmap can step fails here, with one line."""
-    p = config.resources.replicas_per_actor
+    p = config.resources.per_actor()
     if p == 1:
         return
     local = dataclasses.replace(parts, data=InMemoryData(data))  # already held out

@@ -80,6 +80,26 @@ def test_packed_actors_on_ray_match_packed_in_process(tmp_path: Path, data_root:
     assert local.finish()["center_sha256"] == on_ray["center_sha256"]
 
 
+def test_auto_packs_replicas_that_outnumber_the_cpus_into_one_actor(
+    tmp_path: Path, data_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sets = [
+        f"run.storage={tmp_path}",
+        f"data.root={data_root}",
+        "algorithm.replicas=4",
+        "train.rounds=4",
+    ]  # fmt: skip  (4 replicas, 2 CPUs; replicas_per_actor = auto)
+    on_ray = driver.run(load_config(CONFIG_DIR / "smoke.toml", [*sets, "run.name=auto"]))
+    assert "4 replicas (one actor of 4)" in capsys.readouterr().out
+    saved = load_config(tmp_path / "auto" / "config.toml")
+    assert saved.resources.replicas_per_actor == 4  # what ran, for a resume to read
+    packed = [*sets, "run.name=local", "resources.replicas_per_actor=4"]
+    local = Coordinator(load_config(CONFIG_DIR / "smoke.toml", packed), LocalGroup)
+    while not local.done:
+        local.step()
+    assert local.finish()["center_sha256"] == on_ray["center_sha256"]
+
+
 def test_a_killed_packed_actor_restarts_all_its_replicas(tmp_path: Path, data_root: Path) -> None:
     import ray
 
