@@ -99,13 +99,22 @@ def _center_accuracy(net: Any, center: list[Any] | None, data: Any) -> float:
         return float((net(data.test.x).argmax(1) == data.test.y).float().mean())
 
 
-def timed(command: list[str], env: dict[str, str]) -> tuple[float, str]:
+def timed(command: list[str], env: dict[str, str]) -> tuple[float, str, list[float]]:
+    """Seconds from launch to exit, the output, and when each progress line ("round …")
+    arrived: the train command's start-up, rounds and finish-and-exit are read off it."""
     start = time.perf_counter()
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, check=False)
+    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    assert proc.stdout is not None
+    lines, rounds_at = [], []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("round "):
+            rounds_at.append(time.perf_counter() - start)
     seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed:\n{done.stdout}\n{done.stderr}")
-    return seconds, done.stdout
+    if proc.wait() != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{''.join(lines)}")
+    return seconds, "".join(lines), rounds_at
 
 
 def accuracy_of(output: str, loop: bool) -> float:
@@ -140,22 +149,28 @@ def main() -> None:
         timed(train_cmd, env)  # the data cache and the first imports, not counted
         best = min((1, 2), key=lambda t: timed([*loop_cmd, "--threads", str(t)], env)[0])
         print(f"  loop threads: {best} (the faster of 1 and 2 in one timed run each)")
-        pairs = []
+        pairs, phases = [], []
         for k in range(args.pairs):
-            loop_s, loop_out = timed([*loop_cmd, "--threads", str(best)], env)
-            train_s, train_out = timed(train_cmd, env)
+            loop_s, loop_out, _ = timed([*loop_cmd, "--threads", str(best)], env)
+            train_s, train_out, rounds_at = timed(train_cmd, env)
             pairs.append((train_s, loop_s))
+            # start-up (to the first round's line), the rounds, the finish and the exit
+            phases.append((rounds_at[0], rounds_at[-1] - rounds_at[0], train_s - rounds_at[-1]))
             train_acc, loop_acc = accuracy_of(train_out, False), accuracy_of(loop_out, True)
-            print(f"  pair {k + 1}: train {train_s:6.1f} s (center acc {train_acc:.3f})  "
-                  f"loop {loop_s:6.1f} s (center acc {loop_acc:.3f})  "
-                  f"ratio {train_s / loop_s:.2f}", flush=True)  # fmt: skip
+            print(f"  pair {k + 1}: train {train_s:6.1f} s (center acc {train_acc:.3f}; "
+                  f"start-up {phases[-1][0]:.1f} s, rounds {phases[-1][1]:.1f} s, finish and "
+                  f"exit {phases[-1][2]:.1f} s)  loop {loop_s:6.1f} s (center acc "
+                  f"{loop_acc:.3f})  ratio {train_s / loop_s:.2f}", flush=True)  # fmt: skip
     ratios = [t / lp for t, lp in pairs]
     train_med = statistics.median(t for t, _ in pairs)
     loop_med = statistics.median(lp for _, lp in pairs)
+    start_up, rounds, finish = (statistics.median(p[i] for p in phases) for i in range(3))
     print(
         f"P7 = {statistics.median(ratios):.2f} (median of {len(pairs)} pairs; "
         f"{min(ratios):.2f}–{max(ratios):.2f}); train {train_med:.1f} s, loop {loop_med:.1f} s"
     )
+    print(f"  train, medians: start-up {start_up:.1f} s, rounds {rounds:.1f} s, finish and "
+          f"exit {finish:.1f} s")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -9,8 +9,10 @@ per round, log to W&B if asked, and return the run's summary.
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -52,14 +54,18 @@ class CoordinatorHost:
     def start(
         self, config: Config, fresh: bool, job: str, parts: Ingredients | None = None
     ) -> dict[str, Any]:
+        # matplotlib (for the plots at the end) loads while this thread waits for the
+        # replica actors to start, instead of after the last round.
+        threading.Thread(target=importlib.import_module, args=("foundation.plots",),
+                         daemon=True).start()  # fmt: skip
         group = functools.partial(replica_group_class(config), parts=parts)
         self.coordinator = Coordinator(config, group, fresh=fresh, job=job, parts=parts)
         return self.coordinator.status()
 
     def steps(self, budget_s: float) -> list[dict[str, Any]]:
         """Rounds until `budget_s` seconds have passed (at least one) or the run is done;
-        one progress record each. A call per round would add a Ray round trip to every
-        round, a fifth of a small model's round time on 2 cores (docs/performance.md, P7)."""
+        one progress record each. A call per round would add a driver-to-coordinator
+        round trip to every round, a visible share of a small model's round."""
         start, records = time.perf_counter(), []
         while not self.coordinator.done:
             records.append(self.coordinator.step())
@@ -130,13 +136,15 @@ def _rounds(
     tracker: Any,
 ) -> dict[str, Any]:  # fmt: skip
     """Step to the last round and finish, or stop politely on a signal."""
+    budget = 0.0  # the first round is shown as soon as it is done
     while at < config.train.rounds:
         if stopping.signum is not None:
             _stop(host, stopping.signum)
-        for progress in ray.get(host.steps.remote(BATCH_S)):
+        for progress in ray.get(host.steps.remote(budget)):
             say(progress_line(progress, config.train.rounds))
             tracker.log(progress)
             at = progress["round"]
+        budget = BATCH_S
     if stopping.signum is not None:
         _stop(host, stopping.signum)
     summary: dict[str, Any] = ray.get(host.finish.remote())

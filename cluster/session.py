@@ -6,8 +6,8 @@ Which Ray a run uses, in order:
    plain `ray.init()` would, and say so (its dashboard then shows the run). A user who
    started a head on purpose expects their runs on it; RAY_ADDRESS=local opts out.
 3. Otherwise a private local Ray with this machine's CPUs, its dashboard on 127.0.0.1
-   (WV_DASHBOARD=0: without one, which on the 2-core box starts ~1.5 s sooner and trains
-   ~15% faster, the dashboard's processes no longer sharing the cores: docs/performance.md).
+   (WV_DASHBOARD=0: without one, which starts sooner and leaves the cores to training;
+   docs/performance.md measures both, P5 and P7).
 """
 
 from __future__ import annotations
@@ -17,16 +17,6 @@ import os
 from typing import Any
 
 import ray
-
-# For the private local Ray only (a cluster started elsewhere keeps its own settings):
-# its idle workers import torch while the driver is still starting, so the coordinator
-# and replica actors that take them start ~1 s sooner; and a round's result of up to
-# 1 MiB (4 replicas of the default MLP: 240 KB) returns inside the reply instead of
-# through the object store: 1.4 instead of 2.3 ms a call on the 2-core box (P7).
-LOCAL_SYSTEM_CONFIG = {
-    "preload_python_modules": ["torch"],
-    "max_direct_call_object_size": 1 << 20,
-}
 
 
 def running_local_cluster() -> str | None:
@@ -68,7 +58,6 @@ def connect(num_cpus: int | None = None) -> str:
         address="local",
         num_cpus=num_cpus or os.cpu_count(),
         logging_level=logging.ERROR,
-        _system_config=LOCAL_SYSTEM_CONFIG,
         **dashboard_options,
     )
     cpus = int(ray.cluster_resources().get("CPU", 0))

@@ -26,7 +26,7 @@ from coordinator import checkpoint, report, snapshot
 from coordinator.center import Center, GatheredCenter
 from coordinator.ensemble import annotate, evaluation, headline
 from coordinator.failures import MAX_CONSECUTIVE_FAILURES, FailurePolicy
-from coordinator.groups import ReplicaGroup, ReplicasLost, RoundOutcome, delivered
+from coordinator.groups import ReplicaGroup, ReplicaLost, ReplicasLost, RoundOutcome, delivered
 from coordinator.lease import Lease, LeaseLost
 from coordinator.resume import make_scopes
 from coordinator.rundir import CENTER_FILE, RunDir, torch_bytes
@@ -122,7 +122,7 @@ class Coordinator:
     def _step(self) -> dict[str, Any]:
         r, gamma, rho = self.round, self.gamma.value(), self.rho.value()
         started = time.perf_counter()
-        outcomes = self.group.run_round(self.rule.sent, self.rule.pull_gamma(gamma), rho)
+        outcomes = self._run_round(r + 1, gamma, rho)
         gathered = time.perf_counter()
         failed = self._failures(r + 1, outcomes)  # rounds count from 1 in every record
         good = [a for a in range(self.group.size) if a not in failed]
@@ -161,6 +161,23 @@ class Coordinator:
             self._checkpoint()
             progress["checkpoint"] = True
         return progress
+
+    def _run_round(self, r: int, gamma: float, rho: float) -> list[RoundOutcome]:
+        """Round r's outcomes. When every replica is lost at once (the one actor that holds
+        them all died, as resources.replicas_per_actor = auto packs the default), there is
+        no new center to restart them from; they restart from the last one and the round
+        runs again, up to MAX_CONSECUTIVE_FAILURES times (then the policy stops the run)."""
+        for _ in range(MAX_CONSECUTIVE_FAILURES):
+            outcomes = self.group.run_round(self.rule.sent, self.rule.pull_gamma(gamma), rho)
+            lost = {a: o for a, o in enumerate(outcomes) if isinstance(o, ReplicaLost)}
+            # The collective transport's center lives in the units: lost with them.
+            if len(lost) < self.group.size or not isinstance(self.rule, GatheredCenter):
+                return outcomes
+            if self.center is None:  # round 1: nothing trained yet to go back to
+                return outcomes
+            for a, outcome in lost.items():
+                self._restart(r, a, f"lost: {outcome.reason}")
+        return outcomes
 
     def _failures(self, r: int, outcomes: list[RoundOutcome]) -> dict[int, str]:
         """The replicas lost or diverged this round (→ reason); stops the run if the

@@ -112,6 +112,7 @@ def test_a_spread_run_survives_losing_a_worker_node(
     storage, rounds = tmp_path / "runs", 800  # ~30 s: the loss is noticed well before the end
     sets = [f"run.storage={storage}", f"data.root={tmp_path / 'data'}", "algorithm.replicas=4",
             "resources.placement=spread", "resources.cpus_per_replica=0.5",
+            "resources.replicas_per_actor=1",  # one replica per actor, spread over the nodes
             f"train.rounds={rounds}", "train.checkpoint_every=100",
             "train.eval_every=100"]  # fmt: skip
     job = submit(cluster, ray_cli, "python", "-m", "jobs.train", "--config",

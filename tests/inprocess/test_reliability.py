@@ -111,6 +111,31 @@ def test_a_lost_replica_is_replaced_from_the_center_and_the_run_completes(
     assert failed_row["train_loss"] is None and "injected" in failed_row["failure"]
 
 
+def test_every_replica_lost_at_once_restarts_from_the_last_center_and_reruns_the_round(
+    make_config: ConfigFactory,
+) -> None:
+    # What a dead actor does to a run whose replicas all sit in it (the default, packed).
+    everyone = {(a, 2): "raise" for a in range(2)}
+    coordinator = Coordinator(make_config("train.rounds=5", name="all-lost"), faulty(everyone))
+    coordinator.step()
+    coordinator.step()
+    assert coordinator.center is not None
+    last_center = coordinator.center.clone()
+    coordinator.step()  # round 3: both lost, both restart from round 2's center, rerun
+    group = cast(Faulty, coordinator.group)
+    assert group.calls == 4  # the lost try and the rerun
+    events = [e for e in coordinator.run.events() if e["event"] == "replica_restarted"]
+    assert [(e["round"], e["replica"]) for e in events] == [(3, 0), (3, 1)]
+    rows = [r for r in coordinator.rows if r["round"] == 3]
+    assert len(rows) == 2 and all(r["failure"] is None for r in rows)  # the rerun's rows
+    assert not torch.equal(coordinator.center, last_center)  # the rerun trained
+    assert finish(coordinator)["rounds"] == 5
+    # Lost at every try: the run stops, as before.
+    again = {(a, c): "raise" for a in range(2) for c in range(2, 9)}
+    with pytest.raises(RunFailed, match="every replica failed in round 3"):
+        finish(Coordinator(make_config("train.rounds=5", name="all-again"), faulty(again)))
+
+
 def test_divergence_restart_halves_the_lr_and_goes_on(make_config: ConfigFactory) -> None:
     config = make_config("train.rounds=5", "train.on_divergence=restart", name="nan")
     coordinator = Coordinator(config, faulty({(0, 1): "nan"}))
