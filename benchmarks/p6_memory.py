@@ -224,9 +224,11 @@ def report(
                 f"worker that imported torch, {mib(torch_idle):.0f} MiB) ÷ state; the peak "
                 f"alone ÷ state = {worst / r.state:.2f} (target <= 3)"
             )
+            plain = r.plain.peak[0]
             print(
                 f"  training only: {max(r.after_train.peak) / r.state:.2f}; a plain PyTorch "
-                f"loop of the same model, batch and steps: {r.plain.peak[0] / r.state:.2f}"
+                f"loop of the same model, batch and steps: {plain / r.state:.2f} "
+                f"({(plain - torch_idle) / r.state:.2f} less the idle torch worker)"
             )
     if any(r.params < 1_000_000 for r in results):
         print(

@@ -9,10 +9,8 @@ per round, log to W&B if asked, and return the run's summary.
 from __future__ import annotations
 
 import functools
-import importlib
 import os
 import signal
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -54,10 +52,6 @@ class CoordinatorHost:
     def start(
         self, config: Config, fresh: bool, job: str, parts: Ingredients | None = None
     ) -> dict[str, Any]:
-        # matplotlib (for the plots at the end) loads while this thread waits for the
-        # replica actors to start, instead of after the last round.
-        threading.Thread(target=importlib.import_module, args=("foundation.plots",),
-                         daemon=True).start()  # fmt: skip
         group = functools.partial(replica_group_class(config), parts=parts)
         self.coordinator = Coordinator(config, group, fresh=fresh, job=job, parts=parts)
         return self.coordinator.status()

@@ -18,6 +18,16 @@ from typing import Any
 
 import ray
 
+# For the private local Ray only (a cluster started elsewhere keeps its own settings):
+# its idle workers import torch while the driver is still starting, so the coordinator
+# and replica actors that take them skip that import; and a round's result of up to
+# 1 MiB (4 replicas of the default MLP: 240 KB) returns inside the reply instead of
+# through the object store. P7 measured the default with both (docs/performance.md).
+LOCAL_SYSTEM_CONFIG = {
+    "preload_python_modules": ["torch"],
+    "max_direct_call_object_size": 1 << 20,
+}
+
 
 def running_local_cluster() -> str | None:
     """The address of a live cluster that `ray start` left on this machine, if any."""
@@ -58,6 +68,7 @@ def connect(num_cpus: int | None = None) -> str:
         address="local",
         num_cpus=num_cpus or os.cpu_count(),
         logging_level=logging.ERROR,
+        _system_config=LOCAL_SYSTEM_CONFIG,
         **dashboard_options,
     )
     cpus = int(ray.cluster_resources().get("CPU", 0))
