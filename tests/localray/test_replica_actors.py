@@ -100,41 +100,27 @@ def test_auto_packs_replicas_that_outnumber_the_cpus_into_one_actor(
     assert local.finish()["center_sha256"] == on_ray["center_sha256"]
 
 
-def test_the_one_actor_of_a_packed_run_killed_restarts_every_replica(
-    tmp_path: Path, data_root: Path
+@pytest.mark.parametrize(
+    ("per_actor", "killed", "restarted"),
+    [(2, 1, [2, 3]), (4, 0, [0, 1, 2, 3])],  # one of two actors; the one actor of them all
+    ids=["one-of-two-actors", "the-only-actor"],
+)
+def test_a_killed_packed_actor_restarts_all_its_replicas(
+    tmp_path: Path, data_root: Path, per_actor: int, killed: int, restarted: list[int]
 ) -> None:
     import ray
 
     sets = [f"run.storage={tmp_path}", f"data.root={data_root}", "algorithm.replicas=4",
-            "resources.replicas_per_actor=4", "train.rounds=4", "run.name=kill-all"]  # fmt: skip
+            f"resources.replicas_per_actor={per_actor}", "train.rounds=4"]  # fmt: skip
     coordinator = Coordinator(load_config(CONFIG_DIR / "smoke.toml", sets), RayReplicaGroup)
     try:
         coordinator.step()
-        ray.kill(cast(RayReplicaGroup, coordinator.group).actors[0])
+        ray.kill(cast(RayReplicaGroup, coordinator.group).actors[killed])
         while not coordinator.done:
             coordinator.step()
         assert coordinator.finish()["rounds"] == 4
     finally:
         coordinator.shutdown()
     events = [e for e in coordinator.run.events() if e["event"] == "replica_restarted"]
-    assert [(e["round"], e["replica"]) for e in events] == [(2, 0), (2, 1), (2, 2), (2, 3)]
-
-
-def test_a_killed_packed_actor_restarts_all_its_replicas(tmp_path: Path, data_root: Path) -> None:
-    import ray
-
-    sets = [f"run.storage={tmp_path}", f"data.root={data_root}", "algorithm.replicas=4",
-            "resources.replicas_per_actor=2", "train.rounds=4", "run.name=kill-pack"]  # fmt: skip
-    coordinator = Coordinator(load_config(CONFIG_DIR / "smoke.toml", sets), RayReplicaGroup)
-    try:
-        coordinator.step()
-        ray.kill(cast(RayReplicaGroup, coordinator.group).actors[1])
-        while not coordinator.done:
-            coordinator.step()
-        assert coordinator.finish()["rounds"] == 4
-    finally:
-        coordinator.shutdown()
-    restarted = [
-        e["replica"] for e in coordinator.run.events() if e["event"] == "replica_restarted"
-    ]
-    assert restarted == [2, 3]
+    # Lost in round 2; with every replica in the killed actor, round 2 then runs again.
+    assert [(e["round"], e["replica"]) for e in events] == [(2, a) for a in restarted]
