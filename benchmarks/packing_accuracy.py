@@ -39,10 +39,11 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], dest="sets")
     args = parser.parse_args()
     header("Center test accuracy of the default, one replica per actor vs packed", vars(args))
-    results: dict[int, list[float]] = {1: [], 4: []}
+    y = load_config(CONFIG_DIR / "default.toml", args.sets).algorithm.replicas
+    results: dict[int, list[float]] = {1: [], y: []}  # one per actor; all in one actor
     with tempfile.TemporaryDirectory(prefix="wv-packacc-") as storage:
         for seed in range(args.seeds):
-            for p in (1, 4):
+            for p in results:
                 start = time.perf_counter()
                 sets = [*args.sets, f"run.storage={storage}", f"run.name=s{seed}p{p}",
                         f"run.seed={seed}", f"resources.replicas_per_actor={p}"]  # fmt: skip
@@ -55,7 +56,7 @@ def main() -> None:
         spread = statistics.stdev(accs) if len(accs) > 1 else 0.0
         print(f"replicas_per_actor {p}: {statistics.mean(accs):.4f} ± {spread:.4f} "
               f"over {len(accs)} seeds ({min(accs):.3f}–{max(accs):.3f})")  # fmt: skip
-    diffs = [b - a for a, b in zip(results[1], results[4], strict=True)]
+    diffs = [b - a for a, b in zip(results[1], results[y], strict=True)]
     print(f"packed − unpacked, per seed: {', '.join(f'{d:+.4f}' for d in diffs)}")
 
 

@@ -24,6 +24,7 @@ from cluster.session import connect
 from cluster.stopping import RunInterrupted, StopFlag, stop_grace_s, stop_on_signals
 from cluster.validate import check_parts, on_remote_cluster
 from coordinator.coordinator import Coordinator
+from coordinator.groups import layout
 from coordinator.report import progress_line
 from coordinator.rundir import RunDir
 from foundation.config import Config
@@ -92,8 +93,11 @@ def run(
     replica_resources(config, ray.cluster_resources())  # fail before any actor starts
     if on_remote_cluster():
         check_parts(config, parts, remote=True)
-    p, y = config.resources.replicas_per_actor, config.algorithm.replicas
-    actors = -(-y // p)
+    p, y, actors = (
+        config.resources.replicas_per_actor,
+        config.algorithm.replicas,
+        len(layout(config)),
+    )
     units = f" ({'one actor' if actors == 1 else f'{actors} actors'} of {p})" if p > 1 else ""
     say(
         f"wv: {config.algorithm.kind} with {y} replicas{units} of "

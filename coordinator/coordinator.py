@@ -170,10 +170,10 @@ class Coordinator:
         for _ in range(MAX_CONSECUTIVE_FAILURES):
             outcomes = self.group.run_round(self.rule.sent, self.rule.pull_gamma(gamma), rho)
             lost = {a: o for a, o in enumerate(outcomes) if isinstance(o, ReplicaLost)}
-            # The collective transport's center lives in the units: lost with them.
-            if len(lost) < self.group.size or not isinstance(self.rule, GatheredCenter):
-                return outcomes
-            if self.center is None:  # round 1: nothing trained yet to go back to
+            # Nothing to go back to in round 1, nor with the collective transport, whose
+            # center lives in the units and is lost with them.
+            gathered = isinstance(self.rule, GatheredCenter) and self.center is not None
+            if len(lost) < self.group.size or not gathered:
                 return outcomes
             for a, outcome in lost.items():
                 self._restart(r, a, f"lost: {outcome.reason}")
