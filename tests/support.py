@@ -27,10 +27,19 @@ BIN = Path(sys.executable).parent
 RayCli = Callable[..., subprocess.CompletedProcess[str]]
 
 
+_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free now and not handed out before in this process: the kernel may give a
+    just-released port again, and `ray start` refuses two components on one port."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
 
 
 def run_ray_cli(
