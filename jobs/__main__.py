@@ -1,7 +1,6 @@
 """`python -m jobs <command> …`: the same as the `widevalley` console script."""
 
-import sys
-
+from jobs.cli import exit_now
 from jobs.console import main
 
-sys.exit(main())
+exit_now(main())

@@ -9,13 +9,17 @@ printed as a traceback that a user would have to read.
 from __future__ import annotations
 
 import argparse
+import atexit
+import os
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 import ray
 
 from cluster.driver import one_line
 from cluster.resources import ResourceError
+from cluster.session import release
 from cluster.stopping import RunInterrupted
 from coordinator.lease import LeaseHeld
 from coordinator.resume import ResumeMismatch
@@ -55,7 +59,8 @@ def fail(message: str, code: int) -> int:
 
 def guarded(body: Callable[[], int], user_errors: tuple[type[BaseException], ...] = ()) -> int:
     """Run a command's body; bad input → exit 2 (also when an actor found it), a failure
-    while running → exit 1, a stop on SIGTERM/SIGINT → 143/130; always one line."""
+    while running → exit 1, a stop on SIGTERM/SIGINT → 143/130; always one line. A
+    private local Ray that the body started is stopped before this returns."""
     bad_input = (*USER_ERRORS, *user_errors)
     try:
         return body()
@@ -70,3 +75,19 @@ def guarded(body: Callable[[], int], user_errors: tuple[type[BaseException], ...
     except RunInterrupted as err:
         print(f"wv: {err}", file=sys.stderr)
         return err.exit_code
+    finally:
+        release()  # the private local Ray this command started, if it started one
+
+
+def exit_now(code: int) -> NoReturn:
+    """Exit with `code` as `sys.exit` would, less the interpreter's teardown of its modules.
+
+    The exit handlers run (logging's, W&B's, those of imported user code) and the output
+    is flushed; what is skipped is freeing the modules one by one, which after a run
+    took 1.3 s on the 2-core box (torch's, gRPC's and Ray's libraries; P7 in
+    docs/performance.md) and frees nothing that the OS does not take back at once. For
+    `python -m` entry points only: a function called in-process must return instead."""
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -12,7 +12,6 @@ while training exits with 1, its metrics and events kept.
 from __future__ import annotations
 
 import argparse
-import sys
 
 from cluster import driver
 from cluster.validate import check_parts, names_user_code, on_remote_cluster
@@ -25,7 +24,7 @@ from foundation.config import Config, check_batch_size, config_from_text, load_c
 from foundation.data import load_dataset
 from foundation.storage import Storage
 from jobs import CONFIG_DIR
-from jobs.cli import add_run_options, guarded
+from jobs.cli import add_run_options, exit_now, guarded
 
 DEFAULT_CONFIG = CONFIG_DIR / "default.toml"
 
@@ -69,4 +68,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -13,21 +13,22 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support import BIN, free_port, node_ports, ray_start, stop_session
+from tests.support import BIN, free_port, node_ports, ray_start, session_processes, stop_session
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
-def recorded_head() -> Iterator[dict[str, str]]:
+def recorded_head() -> Iterator[tuple[dict[str, str], int]]:
     """A head started as a user would (`ray start --head`, auth left to Ray); yields the
-    environment in which this machine's Ray lookups find it."""
+    environment in which this machine's Ray lookups find it, and its session id."""
     # A short path: Ray's socket paths under it must stay below the 107-byte limit.
     temp = Path(tempfile.mkdtemp(prefix="wv-attach-", dir="/tmp"))
     token = temp / "auth_token"
@@ -44,30 +45,49 @@ def recorded_head() -> Iterator[dict[str, str]]:
     )  # fmt: skip
     try:
         assert (temp / "ray" / "ray_current_cluster").exists()
-        yield env
+        yield env, sid
     finally:
         stop_session(sid)
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def train(env: dict[str, str], storage: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+def train(env: dict[str, str], storage: Path) -> tuple[subprocess.CompletedProcess[str], int]:
+    """The run's result, and the id of the session it ran in (its own)."""
+    with subprocess.Popen(
         [sys.executable, "-m", "jobs.train", "--config", "jobs/configs/smoke.toml",
          "--set", f"run.storage={storage}", "--set", f"data.root={storage.parent / 'data'}",
          "--set", "train.rounds=2", "--set", "train.eval_every=2"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    ) as proc:  # fmt: skip
+        out, err = proc.communicate(timeout=300)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), proc.pid
+
+
+def left_behind(sid: int, grace_s: float = 5.0) -> list[str]:
+    """The commands of the processes of session `sid` still there after `grace_s`."""
+    deadline = time.monotonic() + grace_s
+    while session_processes(sid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return [Path(f"/proc/{pid}/cmdline").read_text()[:80] for pid in session_processes(sid)]
 
 
 def test_train_attaches_to_a_running_head_and_says_so(
-    recorded_head: dict[str, str], tmp_path: Path
+    recorded_head: tuple[dict[str, str], int], tmp_path: Path
 ) -> None:
-    attached = train(recorded_head, tmp_path / "attached")
+    env, head = recorded_head
+    attached, _ = train(env, tmp_path / "attached")
     assert attached.returncode == 0, attached.stdout + attached.stderr
     first = attached.stdout.splitlines()[0]
     assert "the Ray cluster that `ray start` left running at" in first, first
     assert "Traceback" not in attached.stderr
+    # The run stops only a Ray it started itself: the head is still there.
+    assert any("gcs_server" in Path(f"/proc/{pid}/cmdline").read_text()
+               for pid in session_processes(head))  # fmt: skip
 
-    private = train({**recorded_head, "RAY_ADDRESS": "local"}, tmp_path / "private")
+    private, sid = train({**env, "RAY_ADDRESS": "local"}, tmp_path / "private")
     assert private.returncode == 0, private.stdout + private.stderr
     assert "on a local Ray with" in private.stdout.splitlines()[0]
+    # Its own Ray is stopped when it exits, agents included (stopping it all at once
+    # once left the raylet's agents running for a minute).
+    assert left_behind(sid) == []
