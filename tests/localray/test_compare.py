@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import pickle
 import re
 import time
 from pathlib import Path
@@ -141,53 +140,6 @@ def test_reduced_comparison_every_number_from_a_run_dir(
     again = pq.read_table(out / "results" / "compare.parquet").to_pylist()
     assert [r["test_accuracy"] for r in again] == [r["test_accuracy"] for r in first]
     assert "24 of 24 runs were finished run directories" in (out / "RESULTS.md").read_text()
-
-
-def write_standin_cifar(raw_dir: Path, per_batch: int = 20, test: int = 40) -> None:
-    """Random images in the official python-pickle batch format (see test_data.py)."""
-    rng = np.random.default_rng(1)
-    raw_dir.mkdir(parents=True)
-    files = {f"data_batch_{i}": per_batch for i in range(1, 6)} | {"test_batch": test}
-    for name, n in files.items():
-        batch = {
-            b"batch_label": name.encode(),
-            b"labels": [int(v) for v in rng.integers(0, 10, n)],
-            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-            b"filenames": [f"{name}_{i}.png".encode() for i in range(n)],
-        }
-        payload = pickle.dumps(batch, protocol=2).replace(
-            b"numpy._core.multiarray", b"numpy.core.multiarray"
-        )
-        (raw_dir / name).write_bytes(payload)
-
-
-def test_cifar10_path_on_standin_data(ray_session: None, tmp_path: Path) -> None:
-    text = (CONFIG_DIR / "compare_cifar10.toml").read_text()
-    for number in ("16.5", "15.6", "14.7", "13.1", "12.4", "12.1"):  # the paper's seed table
-        assert number in text
-    root = tmp_path / "data"
-    write_standin_cifar(root / "cifar-10-batches-py")
-    out = tmp_path / "out"
-    # The file as it is, but one value per method in the sweep: a tiny budget on a busy box.
-    head, rest = text.split("\n[sweep]\n", 1)
-    one_each = "".join(f'{m} = [["algorithm.lr=0.05"]]\n' for m in ("sgd", "rsgd", "esgd"))
-    one_each += 'parle = [["algorithm.lr=0.25"]]\neasgd = [["scoping.gamma0=1.0"]]\n'
-    one_each += 'diloco = [["algorithm.outer_lr=1.0"]]\nlocalsgd = [["algorithm.lr=0.05"]]\n'
-    small = tmp_path / "compare_cifar10.toml"
-    small.write_text(f"{head}\n[sweep]\n{one_each}\n[flatness]{rest.split('[flatness]', 1)[1]}")
-    argv = ["--config", str(small), "--models", "smallconvnet",
-            "--seeds", "1", "--steps", "4", "--storage", str(tmp_path / "runs"),
-            "--output", str(out), "--set", f"data.root={root}", "--set", "data.batch_size=4",
-            "--set", "algorithm.coupling_period=2", "--set", "algorithm.inner_steps=2",
-            "--flatness", "subset=50", "--flatness", "draws=4",
-            "--flatness", "lanczos_steps=5"]  # fmt: skip
-    assert main(argv) == 0
-    check_against_run_dirs(out, "smallconvnet", "### cifar10 smallconvnet", seeds=1, steps=4)
-    assert len(pq.read_table(out / "results" / "sweep.parquet").to_pylist()) == 7
-    rows = pq.read_table(out / "results" / "compare.parquet").to_pylist()
-    for r in rows:
-        config = (Path(r["run_dir"]) / "config.toml").read_text()
-        assert 'dataset = "cifar10"' in config and "weight_decay = 0.0005" in config
 
 
 # A user's model and data, named by import path in the protocol below (the Ray tasks
