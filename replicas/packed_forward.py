@@ -55,13 +55,22 @@ def compile_packed(model: nn.Module) -> PackedSequential | None:
     (or weights it does not own alone: tied, parametrized, or a module used twice)."""
     if _global_hooks():
         return None
-    layers, reads = [], set()
+    layers: list[Layer] = []
+    reads: set[str] = set()
+    last = False  # are the activations channels-last now (after a Conv1d)?
     for name, module in _leaves(model, ""):
-        layer = _packed_layer(name, module) if _plain(module) else None
+        keeps_layout = isinstance(module, (nn.ReLU, nn.Identity, nn.Conv1d, nn.BatchNorm1d))
+        if last and not keeps_layout:
+            layers.append(_channels_first)
+            last = False
+        layer = _packed_layer(name, module, last) if _plain(module) else None
         if layer is None:
             return None
         layers.append(layer)
+        last = last or isinstance(module, nn.Conv1d)
         reads |= {name + n for n in _float_names(module, recurse=False)}
+    if last:
+        layers.append(_channels_first)
     all_params = list(model.named_parameters(remove_duplicate=False))
     if len(all_params) != len(dict(model.named_parameters())):  # tied weights
         return None
@@ -103,7 +112,13 @@ def _float_names(module: nn.Module, recurse: bool) -> set[str]:
     return params | {n for n, b in buffers if b.is_floating_point()}
 
 
-def _packed_layer(prefix: str, module: nn.Module) -> Layer | None:
+def _channels_first(x: Tensor, _: Tensors) -> Tensor:
+    """[p, B, L, C] → [p, B, C, L], as the model's own modules see a Conv1d's output."""
+    return x.transpose(2, 3).contiguous()
+
+
+def _packed_layer(prefix: str, module: nn.Module, last: bool) -> Layer | None:
+    """The batched `module`; `last`: its input is channels-last ([p, B, L, C])."""
     if isinstance(module, (nn.ReLU, nn.Identity)):
         return (lambda x, _: F.relu(x)) if isinstance(module, nn.ReLU) else (lambda x, _: x)
     if isinstance(module, nn.Flatten):
@@ -115,9 +130,9 @@ def _packed_layer(prefix: str, module: nn.Module) -> Layer | None:
     if isinstance(module, nn.Linear):
         return _linear(prefix, module.bias is not None)
     if isinstance(module, nn.Conv1d):
-        return _conv1d(prefix, module)
+        return _conv1d(prefix, module, last)
     if isinstance(module, nn.BatchNorm1d):
-        return _batch_norm(prefix, module)
+        return _batch_norm(prefix, module, last)
     return None
 
 
@@ -139,7 +154,12 @@ def _linear(prefix: str, has_bias: bool) -> Layer:
     return forward
 
 
-def _conv1d(prefix: str, conv: nn.Conv1d) -> Layer | None:
+def _conv1d(prefix: str, conv: nn.Conv1d, last: bool) -> Layer | None:
+    """Output channels-last, [p, B, L', C_out]: the matrix product's own layout. Made
+    channels-first, it cost a copy forward and backward per layer, the largest share
+    of the packed cnn1d step after the products (benchmarks/p2_packed.py --profile);
+    ReLU, BatchNorm and the next Conv1d take it as it is, the others get it transposed
+    once (compile_packed)."""
     if conv.groups != 1 or conv.dilation != (1,) or conv.padding_mode != "zeros":
         return None
     if isinstance(conv.padding, str):  # "same" / "valid": left to vmap
@@ -150,44 +170,43 @@ def _conv1d(prefix: str, conv: nn.Conv1d) -> Layer | None:
     def forward(x: Tensor, w: Tensors) -> Tensor:
         p, batch = x.shape[:2]
         weight = w[prefix + "weight"]  # [p, C_out, C_in, k]
-        rows = _Windows.apply(x, kernel, stride, padding)  # [p, B·L', C_in·k]
-        length = rows.shape[1] // batch
+        rows = _Windows.apply(x if last else x.transpose(2, 3), kernel, stride, padding)
+        length = rows.shape[1] // batch  # rows: [p, B·L', C_in·k]
         columns = weight.flatten(2).transpose(1, 2)  # [p, C_in·k, C_out]
         if has_bias:
             out = torch.baddbmm(w[prefix + "bias"].unsqueeze(1), rows, columns)
         else:
             out = torch.bmm(rows, columns)
-        # Contiguous: elementwise kernels (ReLU and its backward) run much slower on the
-        # transposed view than on a fresh copy (benchmarks/p2_packed.py --profile).
-        return out.view(p, batch, length, -1).transpose(2, 3).contiguous()  # [p, B, C_out, L']
+        return out.view(p, batch, length, -1)
 
     return forward
 
 
 class _Windows(torch.autograd.Function):
-    """im2col for 1-D convolution: [p, B, C, L] → [p, B·L', C·k], row (b, l) holding
-    the window of output position l. Written out because the backward of
-    Tensor.unfold was the largest cost after the matrix products in a profile of the
-    packed cnn1d step; k strided adds into one zero tensor do the same.
+    """im2col for 1-D convolution: [p, B, L, C] (channels-last, or a view of that
+    shape) → [p, B·L', C·k], row (b, l) holding the window of output position l.
+    Written out because the backward of Tensor.unfold was the largest cost after the
+    matrix products in a profile of the packed cnn1d step; k strided adds into one
+    zero tensor do the same.
     """
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, kernel: int, stride: int, padding: int) -> Tensor:
-        windows = F.pad(x, (padding, padding)).unfold(3, kernel, stride)  # [p, B, C, L', k]
-        ctx.geometry = (x.shape, kernel, stride, padding, windows.shape[3])
+        windows = F.pad(x, (0, 0, padding, padding)).unfold(2, kernel, stride)  # [p,B,L',C,k]
+        ctx.geometry = (x.shape, kernel, stride, padding, windows.shape[2])
         p, batch = x.shape[:2]
-        return windows.permute(0, 1, 3, 2, 4).reshape(p, batch * windows.shape[3], -1)
+        return windows.reshape(p, batch * windows.shape[2], -1)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None, None]:
         if not ctx.needs_input_grad[0]:
             return None, None, None, None
         shape, kernel, stride, padding, length = ctx.geometry
-        p, batch, channels, width = shape
+        p, batch, width, channels = shape
         per_tap = grad.reshape(p, batch, length, channels, kernel)
         # Into the unpadded input directly (a contiguous gradient: the ReLU backward
         # before this layer is several times slower on a strided one).
-        x_grad = grad.new_zeros(p, batch, channels, width)
+        x_grad = grad.new_zeros(p, batch, width, channels)
         for tap in range(kernel):
             # Output positions l whose tap reads input l·stride + tap − padding in [0, width).
             first = max(0, -(-(padding - tap) // stride))
@@ -197,11 +216,11 @@ class _Windows(torch.autograd.Function):
             start = first * stride + tap - padding
             stop = last * stride + tap - padding + 1
             taps = per_tap[:, :, first : last + 1, :, tap]  # [p, B, positions, C]
-            x_grad[..., start:stop:stride] += taps.transpose(2, 3)
+            x_grad[:, :, start:stop:stride] += taps
         return x_grad, None, None, None
 
 
-def _batch_norm(prefix: str, bn: nn.BatchNorm1d) -> Layer | None:
+def _batch_norm(prefix: str, bn: nn.BatchNorm1d, last: bool) -> Layer | None:
     if bn.momentum is None:  # a cumulative average needs num_batches_tracked: vmap it
         return None
     tracked, affine = bn.track_running_stats, bn.affine
@@ -209,9 +228,13 @@ def _batch_norm(prefix: str, bn: nn.BatchNorm1d) -> Layer | None:
 
     def forward(x: Tensor, w: Tensors) -> Tensor:
         # Replica a's channel c becomes channel a·C + c of one batch: per-channel
-        # statistics over (B, L) are then exactly each replica's own.
+        # statistics over (B, L) are then exactly each replica's own. Channels-last
+        # [p, B, L, C] merges into [B·L, p·C] rows, the others into [B, p·C, …].
         p, batch = x.shape[:2]
-        merged = x.transpose(0, 1).reshape(batch, -1, *x.shape[3:])
+        if last:
+            merged = x.permute(1, 2, 0, 3).reshape(-1, p * x.shape[3])
+        else:
+            merged = x.transpose(0, 1).reshape(batch, -1, *x.shape[3:])
         out = F.batch_norm(
             merged,
             w[prefix + "running_mean"].view(-1) if tracked else None,
@@ -222,6 +245,8 @@ def _batch_norm(prefix: str, bn: nn.BatchNorm1d) -> Layer | None:
             momentum=momentum,
             eps=eps,
         )
-        return out.view(batch, p, *x.shape[2:]).transpose(0, 1).contiguous()  # as Conv1d's
+        if last:
+            return out.view(batch, x.shape[2], p, -1).permute(2, 0, 1, 3).contiguous()
+        return out.view(batch, p, *x.shape[2:]).transpose(0, 1).contiguous()
 
     return forward
