@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from typing import Any
 
 import ray
@@ -43,9 +44,55 @@ def running_local_cluster() -> str | None:
 _started_here = False
 
 
+class _Starter:
+    """connect() on a thread of its own (connect_in_background). The thread lives until
+    release(): the processes a private Ray starts get a parent-death signal that Linux
+    ties to the thread that started them, so they would die with a thread that ended."""
+
+    def __init__(self) -> None:
+        self.done, self.released = threading.Event(), threading.Event()
+        self.where: str | None = None
+        self.error: BaseException | None = None
+        threading.Thread(target=self._run, name="wv-ray-start", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self.where = _connect()
+        except BaseException as err:  # handed to the connect() that waits for it
+            self.error = err
+        finally:
+            self.done.set()
+        self.released.wait()
+
+    def result(self) -> str:
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+        assert self.where is not None
+        return self.where
+
+
+_starter: _Starter | None = None
+
+
+def connect_in_background() -> None:
+    """Begin connect() on a thread, while the caller goes on (jobs/train.py imports torch
+    and checks its inputs meanwhile: docs/performance.md, P5 and P7); the next connect()
+    waits for it and returns its line (or raises its error)."""
+    global _starter
+    if _starter is None and not ray.is_initialized():
+        _starter = _Starter()
+
+
 def connect(num_cpus: int | None = None) -> str:
     """Attach to or start Ray (see the module's docstring); returns a short description
     for the first progress line."""
+    if _starter is not None:
+        return _starter.result()
+    return _connect(num_cpus)
+
+
+def _connect(num_cpus: int | None = None) -> str:
     if ray.is_initialized():
         return "an already initialized Ray session"
     address = os.environ.get("RAY_ADDRESS", "")
@@ -94,6 +141,18 @@ def release() -> None:
     the 2-core box: shutdown 1.84 s, the monitor 1.02 s of it). It gets its SIGKILL
     now. Sending SIGTERM to all at once is not safe: the raylet, with the GCS already
     gone, leaves its agents running for up to a minute."""
+    global _starter
+    starter, _starter = _starter, None
+    if starter is not None:
+        starter.done.wait()  # a start under way is finished first: Ray cannot stop midway
+    try:
+        _stop_private_ray()
+    finally:
+        if starter is not None:
+            starter.released.set()
+
+
+def _stop_private_ray() -> None:
     global _started_here
     if not _started_here:
         return

@@ -16,15 +16,9 @@ import os
 
 import ray
 
-from foundation.config import Config
+from foundation.config import Config, names_user_code
 from foundation.ingredients import Ingredients, check
-from foundation.registry import is_import_path
 from replicas.packed import check_packable
-
-
-def names_user_code(config: Config) -> bool:
-    names = (config.model.arch, config.data.dataset, config.train.loss, config.train.metric)
-    return any(is_import_path(n) for n in names)
 
 
 def on_remote_cluster() -> bool:

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from flatmath.scoping import SCHEDULES
-from foundation.data.catalog import DATASETS
 from foundation.fields import (
     ConfigError,
     check_auto,
@@ -26,8 +25,7 @@ from foundation.fields import (
     read_toml,
     toml_value,
 )
-from foundation.models import ARCHS
-from foundation.registry import LOSS_NAMES, METRIC_NAMES
+from foundation.names import ARCHS, DATASETS, LOSS_NAMES, METRIC_NAMES, is_import_path
 from foundation.storage import name_problem
 
 ALGORITHMS: tuple[str, ...] = ("sgd", "rsgd", "esgd", "parle", "easgd", "diloco", "localsgd")
@@ -327,6 +325,12 @@ def check_batch_size(config: Config, train_examples: int) -> None:
             f"data.batch_size = {config.data.batch_size} exceeds the {train_examples} "
             f"training examples of {config.data.dataset}"
         )
+
+
+def names_user_code(config: Config) -> bool:
+    """Whether the model, data, loss or metric is user code (an import path)."""
+    names = (config.model.arch, config.data.dataset, config.train.loss, config.train.metric)
+    return any(is_import_path(n) for n in names)
 
 
 def to_dict(config: Config) -> dict[str, dict[str, Any]]:

@@ -22,13 +22,13 @@ from foundation.data import Dataset, DatasetError, held_out, load_dataset
 from foundation.data.user import as_dataset
 from foundation.fields import ConfigError
 from foundation.models import MODELS
+from foundation.names import is_import_path
 from foundation.registry import (
     LOSSES,
     METRICS,
     LossFn,
     MetricFn,
     call_with_context,
-    is_import_path,
     named,
     resolve,
 )

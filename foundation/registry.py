@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from foundation.fields import ConfigError
+from foundation.names import is_import_path
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 MetricFn = Callable[[Tensor, Tensor], Tensor | float]
@@ -37,12 +38,6 @@ def accuracy(outputs: Tensor, targets: Tensor) -> Tensor:
 
 LOSSES: dict[str, LossFn] = {"cross_entropy": F.cross_entropy, "mse": F.mse_loss}
 METRICS: dict[str, MetricFn] = {"accuracy": accuracy}
-LOSS_NAMES = tuple(LOSSES)
-METRIC_NAMES = ("auto", "none", *METRICS)
-
-
-def is_import_path(name: str) -> bool:
-    return ":" in name
 
 
 def resolve(key: str, path: str) -> Any:

@@ -13,18 +13,8 @@ from __future__ import annotations
 
 import argparse
 
-from cluster import driver
-from cluster.validate import check_parts, names_user_code, on_remote_cluster
-from coordinator import checkpoint
-from coordinator.lease import check_free
-from coordinator.report import summary_table
-from coordinator.resume import check_same_run
-from coordinator.rundir import RunDir
-from foundation.config import Config, check_batch_size, config_from_text, load_config, to_dict
-from foundation.data import load_dataset
-from foundation.storage import Storage
 from jobs import CONFIG_DIR
-from jobs.cli import add_run_options, exit_now, guarded
+from jobs.entry import add_run_options, exit_now
 
 DEFAULT_CONFIG = CONFIG_DIR / "default.toml"
 
@@ -37,34 +27,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def check_inputs(config: Config, fresh: bool) -> None:
-    """Everything that can be checked before any actor starts (and before anything is
-    written): storage, a run already writing there, a resume of another config, the
-    data and, for user code, the model, data and loss together (cluster/validate.py)."""
-    Storage(config.run.storage).check_writable()
-    run = Storage(config.run.storage).child(config.run.name)  # not created here
-    check_free(run)  # another run writing here: one line naming it, exit 2
-    if not fresh and run.exists("config.toml") and run.child(checkpoint.FOLDER).list_dirs():
-        saved = config_from_text(run.read_bytes("config.toml").decode())
-        check_same_run(to_dict(saved), to_dict(config), str(run))
-    if not names_user_code(config):  # builds the Parquet cache here; the replicas only read it
-        data = load_dataset(config.data.dataset, config.data.root)
-        check_batch_size(config, len(data.train.y))
-    if not on_remote_cluster():  # else the driver checks in a Ray task, once connected
-        check_parts(config, remote=False)
+def start_ray_early(args: argparse.Namespace) -> None:
+    """Start Ray on a thread now if the config loads, its storage can be written and its
+    run directory is free, so that Ray's start-up (5-7 s on the 2-core box, much of it
+    waiting for its own processes) overlaps the imports of torch and the rest and the
+    input checks (about 3 s): docs/performance.md, P5 and P7.
+
+    Bad input found here starts nothing: the command finds it again and reports it, with
+    no Ray started. Nor does a config that names user code: that code is checked first,
+    in about 3 s, and a mistake in it is the likeliest bad input. Bad data found later
+    (a missing data set) waits for the Ray start under way to finish and stops it."""
+    from cluster.session import connect_in_background  # Ray, not torch
+    from coordinator.lease import check_free
+    from foundation.config import load_config, names_user_code  # no torch: names.py
+    from foundation.storage import Storage
+
+    try:
+        config = load_config(args.config, args.overrides)
+        Storage(config.run.storage).check_writable()
+        check_free(Storage(config.run.storage).child(config.run.name))
+    except Exception:  # the command finds it again and says what it is
+        return
+    if not names_user_code(config):
+        connect_in_background()
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    start_ray_early(args)
+    from jobs.training import run_command  # torch, the coordinator, the input checks
 
-    def body() -> int:
-        config = load_config(args.config, args.overrides)
-        check_inputs(config, args.fresh)
-        summary = driver.run(config, fresh=args.fresh)
-        print(summary_table(summary, RunDir(config.run.storage, config.run.name).path))
-        return 0
-
-    return guarded(body)
+    return run_command(args)
 
 
 if __name__ == "__main__":

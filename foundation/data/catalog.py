@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-DATASETS: tuple[str, ...] = ("mnist1d", "mnist", "fashion_mnist", "cifar10")
+from foundation.names import DATASETS as DATASETS  # the package re-exports it
+
 SPLITS: tuple[str, ...] = ("train", "test")
 
 INPUT_SHAPES: dict[str, tuple[int, ...]] = {

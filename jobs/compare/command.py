@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from cluster.session import connect
-from cluster.validate import check_parts, names_user_code
+from cluster.validate import check_parts
 from coordinator.rundir import RunDir
-from foundation.config import load_config
+from foundation.config import load_config, names_user_code
 from foundation.data import load_dataset
 from jobs import CONFIG_DIR
 from jobs.cli import guarded

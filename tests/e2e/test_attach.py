@@ -51,12 +51,14 @@ def recorded_head() -> Iterator[tuple[dict[str, str], int]]:
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def train(env: dict[str, str], storage: Path) -> tuple[subprocess.CompletedProcess[str], int]:
+def train(
+    env: dict[str, str], storage: Path, *extra: str
+) -> tuple[subprocess.CompletedProcess[str], int]:
     """The run's result, and the id of the session it ran in (its own)."""
     with subprocess.Popen(
         [sys.executable, "-m", "jobs.train", "--config", "jobs/configs/smoke.toml",
          "--set", f"run.storage={storage}", "--set", f"data.root={storage.parent / 'data'}",
-         "--set", "train.rounds=2", "--set", "train.eval_every=2"],
+         "--set", "train.rounds=2", "--set", "train.eval_every=2", *extra],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True,
     ) as proc:  # fmt: skip
@@ -90,4 +92,16 @@ def test_train_attaches_to_a_running_head_and_says_so(
     assert "on a local Ray with" in private.stdout.splitlines()[0]
     # Its own Ray is stopped when it exits, agents included (stopping it all at once
     # once left the raylet's agents running for a minute).
+    assert left_behind(sid) == []
+
+
+def test_bad_data_found_while_ray_starts_stops_that_ray(tmp_path: Path) -> None:
+    # The config loads, so jobs.train starts its private Ray on a thread while it imports
+    # torch and loads the data; the data is missing: exit 2 with the one line, and the
+    # Ray whose start was under way is stopped, nothing of it left running.
+    env = {**os.environ, "RAY_ADDRESS": "local"}
+    done, sid = train(env, tmp_path / "runs", "--set", "data.dataset=mnist")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.startswith("wv: error: Raw mnist files are missing"), done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert left_behind(sid) == []

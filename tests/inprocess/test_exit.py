@@ -8,7 +8,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 PROGRAM = """
 import atexit
-from jobs.cli import exit_now
+from jobs.entry import exit_now
 atexit.register(lambda: print("exit handler ran", flush=True))
 print("output", end="")  # no newline: still in the buffer when exit_now is called
 exit_now(3)

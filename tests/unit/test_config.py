@@ -1,11 +1,15 @@
 """Tier 1: config loading, overrides, validation messages and the shipped TOML files."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from foundation.config import Config, ConfigError, load_config, parse_value, to_toml
 from jobs import CONFIG_DIR
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_defaults_validate_and_round_trip_through_toml(tmp_path: Path) -> None:
@@ -93,3 +97,24 @@ def test_file_errors_are_one_line(tmp_path: Path) -> None:
     unknown.write_text("[algoritm]\nkind = 'rsgd'\n")
     with pytest.raises(ConfigError, match="did you mean algorithm"):
         load_config(unknown)
+
+
+def test_the_config_knows_every_built_in_part_by_name_without_importing_torch() -> None:
+    from foundation import names
+    from foundation.data import INPUT_SHAPES
+    from foundation.models import build_model
+    from foundation.registry import LOSSES, METRICS
+
+    assert tuple(LOSSES) == names.LOSS_NAMES
+    assert ("auto", "none", *METRICS) == names.METRIC_NAMES
+    assert set(names.DATASETS) == set(INPUT_SHAPES)
+    for arch in names.ARCHS:
+        assert build_model(arch, (40,) if arch in ("mlp", "cnn1d") else (3, 32, 32), 10)
+    # A fresh interpreter: loading and checking a config imports no torch.
+    program = (
+        "import sys, foundation.config as c; c.load_config(sys.argv[1], []); "
+        "print('torch' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", program, str(CONFIG_DIR / "default.toml")],
+                          capture_output=True, text=True, check=True, cwd=REPO)  # fmt: skip
+    assert done.stdout.strip() == "False"
