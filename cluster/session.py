@@ -8,6 +8,9 @@ Which Ray a run uses, in order:
 3. Otherwise a private local Ray with this machine's CPUs, its dashboard on 127.0.0.1
    (WV_DASHBOARD=0: without one, which starts sooner and leaves the cores to training;
    docs/performance.md measures both, P5 and P7).
+
+connect_in_background() begins the same on a thread (jobs/train.py, while it imports
+torch); release() stops the private Ray that this process started, and nothing else.
 """
 
 from __future__ import annotations
@@ -93,6 +96,7 @@ def connect(num_cpus: int | None = None) -> str:
 
 
 def _connect(num_cpus: int | None = None) -> str:
+    global _started_here
     if ray.is_initialized():
         return "an already initialized Ray session"
     address = os.environ.get("RAY_ADDRESS", "")
@@ -115,7 +119,6 @@ def _connect(num_cpus: int | None = None) -> str:
     dashboard_options: dict[str, Any] = (
         {"dashboard_host": "127.0.0.1"} if with_dashboard else {"include_dashboard": False}
     )
-    global _started_here
     context = ray.init(
         address="local",
         num_cpus=num_cpus or os.cpu_count(),
