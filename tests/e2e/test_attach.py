@@ -1,10 +1,12 @@
-"""Tier 4: `python -m jobs.train` while a `ray start --head` cluster runs on this machine.
+"""Tier 4: which Ray `python -m jobs.train` uses, and what it leaves running after.
 
 Ray records a running cluster in <temp>/ray/ray_current_cluster, and a plain ray.init()
 attaches to it; jobs.train used to pass num_cpus to that existing cluster and die with a
 traceback. Now it attaches too and says so in its first line (RAY_ADDRESS=local: a
 private Ray instead). The head here records itself under its own RAY_TMPDIR, so no
 other test's ray.init() can find it, and it is stopped by its own session's pids.
+A run stops only the private Ray it started (cluster/session.py release), also when
+bad data turns up while that Ray is still starting on its thread.
 """
 
 import os
