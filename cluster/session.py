@@ -140,10 +140,10 @@ def release() -> None:
 
     Called explicitly, ray.shutdown() skips the half second it sleeps at interpreter exit.
     It stops Ray's processes one after another, each first with SIGTERM and, if still
-    there a second later, SIGKILL; the autoscaler monitor always takes that second (on
-    the 2-core box: shutdown 1.84 s, the monitor 1.02 s of it). It gets its SIGKILL
-    now. Sending SIGTERM to all at once is not safe: the raylet, with the GCS already
-    gone, leaves its agents running for up to a minute."""
+    there a second later, SIGKILL; the autoscaler monitor took that whole second each
+    time we timed it, so it gets its SIGKILL now (P7's finish and exit, in
+    docs/performance.md). Sending SIGTERM to all at once is not safe: the raylet, with
+    the GCS already gone, left its agents running for up to a minute."""
     global _starter
     starter, _starter = _starter, None
     if starter is not None:

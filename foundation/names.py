@@ -2,7 +2,8 @@
 
 foundation/config.py checks data.dataset, model.arch, train.loss and train.metric
 against these when it loads a config. Keeping them here, with no torch import, lets a
-command read and check its config before torch is imported (2 s on the 2-core box):
+command read and check its config before torch is imported (most of the 2.3 s that
+`python benchmarks/p5_startup.py --phases` times for importing the job):
 `python -m jobs.train` starts Ray in the meantime (jobs/train.py). The modules that
 build the parts take their names from here; tests/unit/test_config.py checks that both
 agree.
