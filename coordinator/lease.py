@@ -148,6 +148,16 @@ class Lease:
             self._renewed = 0.0
 
 
+def check_run_directory(storage: str, name: str) -> Storage:
+    """The run directory <storage>/<name> (not created), once its storage is known to be
+    writable and no run holds it (LeaseHeld); the driver's first checks, which
+    `python -m jobs.train` also makes before it starts Ray early (jobs/train.py)."""
+    Storage(storage).check_writable()
+    run = Storage(storage).child(name)
+    check_free(run)
+    return run
+
+
 def check_free(run: Storage) -> None:
     """Raise LeaseHeld if a run holds `run` now (what the driver checks before it starts
     any actor; the Coordinator then takes the lease itself). Writes nothing."""

@@ -38,14 +38,12 @@ def start_ray_early(args: argparse.Namespace) -> None:
     in about 3 s, and a mistake in it is the likeliest bad input. Bad data found later
     (a missing data set) waits for the Ray start under way to finish and stops it."""
     from cluster.session import connect_in_background  # Ray, not torch
-    from coordinator.lease import check_free
+    from coordinator.lease import check_run_directory
     from foundation.config import load_config, names_user_code  # no torch: names.py
-    from foundation.storage import Storage
 
     try:
         config = load_config(args.config, args.overrides)
-        Storage(config.run.storage).check_writable()
-        check_free(Storage(config.run.storage).child(config.run.name))
+        check_run_directory(config.run.storage, config.run.name)
     except Exception:  # the command finds it again and says what it is
         return
     if not names_user_code(config):

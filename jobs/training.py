@@ -9,7 +9,7 @@ import argparse
 from cluster import driver
 from cluster.validate import check_parts, on_remote_cluster
 from coordinator import checkpoint
-from coordinator.lease import check_free
+from coordinator.lease import check_run_directory
 from coordinator.report import summary_table
 from coordinator.resume import check_same_run
 from coordinator.rundir import RunDir
@@ -22,7 +22,6 @@ from foundation.config import (
     to_dict,
 )
 from foundation.data import load_dataset
-from foundation.storage import Storage
 from jobs.cli import guarded
 
 
@@ -30,9 +29,7 @@ def check_inputs(config: Config, fresh: bool) -> None:
     """Everything that can be checked before any actor starts (and before anything is
     written): storage, a run already writing there, a resume of another config, the
     data and, for user code, the model, data and loss together (cluster/validate.py)."""
-    Storage(config.run.storage).check_writable()
-    run = Storage(config.run.storage).child(config.run.name)  # not created here
-    check_free(run)  # another run writing here: one line naming it, exit 2
+    run = check_run_directory(config.run.storage, config.run.name)  # LeaseHeld: exit 2
     if not fresh and run.exists("config.toml") and run.child(checkpoint.FOLDER).list_dirs():
         saved = config_from_text(run.read_bytes("config.toml").decode())
         check_same_run(to_dict(saved), to_dict(config), str(run))

@@ -1,4 +1,4 @@
-"""Tier 2: how a `python -m jobs…` command ends (jobs.cli.exit_now)."""
+"""Tier 2: how a `python -m jobs…` command ends (jobs.entry.exit_now)."""
 
 import subprocess
 import sys
