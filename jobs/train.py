@@ -29,13 +29,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def start_ray_early(args: argparse.Namespace) -> None:
     """Start Ray on a thread now if the config loads, its storage can be written and its
-    run directory is free, so that Ray's start-up (5-7 s on the 2-core box, much of it
-    waiting for its own processes) overlaps the imports of torch and the rest and the
-    input checks (about 3 s): docs/performance.md, P5 and P7.
+    run directory is free, so that Ray's start-up (much of it waiting for its own
+    processes) overlaps the imports of torch and the rest and the input checks; P5's
+    `--phases` times each step (docs/performance.md, P5 and P7).
 
     Bad input found here starts nothing: the command finds it again and reports it, with
     no Ray started. Nor does a config that names user code: that code is checked first,
-    in about 3 s, and a mistake in it is the likeliest bad input. Bad data found later
+    with no Ray, and a mistake in it is the likeliest bad input. Bad data found later
     (a missing data set) waits for the Ray start under way to finish and stops it."""
     from cluster.session import connect_in_background  # Ray, not torch
     from coordinator.lease import check_run_directory
