@@ -17,6 +17,7 @@ stops with one line (CapacityError).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any
@@ -38,6 +39,7 @@ from coordinator.groups import (
 )
 from foundation.config import Config
 from foundation.ingredients import Ingredients
+from replicas.chain import Chain, Chaining
 from replicas.packed import PackedReplicas
 from replicas.replica import Replica
 
@@ -63,11 +65,11 @@ _actor_classes: dict[tuple[type, ...], type] = {}
 
 
 def actor_class(cls: type, *mixins: type) -> type:
-    """`cls` with NodeAware and `mixins` mixed in (one class per combination, so Ray
-    exports each once)."""
+    """`cls` with NodeAware, Chaining and `mixins` mixed in (one class per combination,
+    so Ray exports each once)."""
     key = (cls, *mixins)
     if key not in _actor_classes:
-        _actor_classes[key] = type(cls.__name__, (NodeAware, *mixins, cls), {})
+        _actor_classes[key] = type(cls.__name__, (NodeAware, Chaining, *mixins, cls), {})
     return _actor_classes[key]
 
 
@@ -184,6 +186,21 @@ class RayReplicaGroup:
             lost = isinstance(outcome, ReplicaLost)
             out += [outcome] * len(self.units_of[u]) if lost else unpack(outcome, self.packed)
         return out
+
+    @property
+    def chains(self) -> bool:
+        return len(self.units_of) == 1
+
+    def run_rounds(
+        self, center: dict[str, Any], plan: list[tuple[float, float]], budget_s: float
+    ) -> Chain | ReplicaLost:
+        # The chain ends with the first round past the budget: allow one round beyond it.
+        timeout = budget_s + self.config.train.round_timeout_s
+        [outcome] = self._call(lambda u, a: a.rounds.remote(center, plan, budget_s), timeout)
+        if isinstance(outcome, ReplicaLost):
+            return outcome
+        chain: Chain = outcome
+        return dataclasses.replace(chain, last=unpack(chain.last, self.packed))
 
     @staticmethod
     def _share(center: np.ndarray | None) -> Any:

@@ -32,13 +32,10 @@ from ray.util.collective.types import Backend
 from torch import Tensor
 
 from cluster.actors import STARTUP_TIMEOUT_S, RayReplicaGroup
-from coordinator.groups import ReplicaLost, RoundOutcome, locate, unpack
+from coordinator.groups import KEPT, ReplicaLost, RoundOutcome, locate, unpack
 from flatmath import coupling
 from flatmath.center import OUTER, CenterRule
 from foundation.config import Config
-
-KEPT = np.empty(0, dtype=np.float32)
-"""A round outcome's weights with this transport: they stay in the unit."""
 
 
 class CollectiveFailed(RuntimeError):

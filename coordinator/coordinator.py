@@ -26,17 +26,28 @@ from coordinator import checkpoint, report, snapshot
 from coordinator.center import Center, GatheredCenter
 from coordinator.ensemble import annotate, evaluation, headline
 from coordinator.failures import MAX_CONSECUTIVE_FAILURES, FailurePolicy
-from coordinator.groups import ReplicaGroup, ReplicaLost, ReplicasLost, RoundOutcome, delivered
+from coordinator.groups import (
+    KEPT,
+    ReplicaGroup,
+    ReplicaLost,
+    ReplicasLost,
+    RoundOutcome,
+    delivered,
+)
 from coordinator.lease import Lease, LeaseLost
 from coordinator.resume import make_scopes
 from coordinator.rundir import CENTER_FILE, RunDir, torch_bytes
 from foundation.config import Config, to_toml
 from foundation.ingredients import Ingredients
 from foundation.storage import StorageError
-from replicas.replica import replica_seed
+from replicas.replica import RoundStats, replica_seed
 
 GroupFactory = Callable[[Config], ReplicaGroup]
 T = TypeVar("T")
+
+CHAIN_BELOW_S = 0.1
+"""advance() chains rounds shorter than this: a round's crossing to the replicas and back
+(a few ms) is then a visible share of it; a longer round gains nothing by chaining."""
 
 
 class Coordinator:
@@ -81,6 +92,7 @@ class Coordinator:
         self.evaluations: list[dict[str, Any]] = []
         self.policy = FailurePolicy(self.group.size, config.train.on_divergence)
         self.started = time.time()
+        self._last_round_s = float("inf")  # the first round is never chained
         leftovers = self.run.remove_leftovers()
         if leftovers:
             self.run.event("leftovers_removed", names=leftovers)
@@ -106,12 +118,12 @@ class Coordinator:
 
     # ---- one round ---------------------------------------------------------------
 
-    def _writing(self, work: Callable[[], T]) -> T:
-        """Run `work`; a storage failure (disk full, permission lost, an object store that
+    def _writing(self, work: Callable[..., T], *args: Any) -> T:
+        """Run `work(*args)`; a storage failure (disk full, permission lost, an object store that
         refuses) or a lost lease stops the run with one line, good checkpoints kept."""
         try:
             self.lease.renew()
-            return work()
+            return work(*args)
         except (StorageError, LeaseLost) as err:
             self._stop(err)
 
@@ -119,37 +131,103 @@ class Coordinator:
         """Run one round; returns a short progress record for the driver to print."""
         return self._writing(self._step)
 
-    def _step(self) -> dict[str, Any]:
+    def advance(self, budget_s: float) -> list[dict[str, Any]]:
+        """Rounds until `budget_s` seconds have passed (at least one) or the run is done,
+        one progress record each. Where one unit holds every replica and rounds are
+        short, it runs several rounds per call and forms their centers itself
+        (replicas/chain.py): the same numbers, without a crossing per round."""
+        deadline, records = time.perf_counter() + budget_s, []
+        while not self.done:
+            records += self._writing(self._chain_or_step, deadline)
+            if time.perf_counter() >= deadline:
+                break
+        return records
+
+    def _chain_or_step(self, deadline: float) -> list[dict[str, Any]]:
+        if not self._chains():
+            return [self._step()]
+        return self._chain(deadline - time.perf_counter())
+
+    def _chains(self) -> bool:
+        # Round 1 measures the automatic γ0 that every later round's γ depends on.
+        return (
+            self.group.chains
+            and isinstance(self.rule, GatheredCenter)
+            and self.round > 0
+            and self._last_round_s < CHAIN_BELOW_S
+        )
+
+    def _chain(self, budget_s: float) -> list[dict[str, Any]]:
+        """The rounds up to the next evaluation, checkpoint or the end, in one call; the
+        last comes back unformed and is closed here as any other round."""
+        r = self.round
+        plan = [(self.gamma.value(q), self.rho.value(q)) for q in range(r, self._next_stop())]
+        chain = self.group.run_rounds(self.rule.state_dict(), plan, budget_s)
+        if isinstance(chain, ReplicaLost):  # the unit died: its rounds died with it
+            for a in range(self.group.size):
+                self._restart(r + 1, a, f"lost: {chain.reason}")
+            return [self._step()]
+        self.rule.load_state_dict(chain.center)
+        records = []
+        for formed in chain.formed:
+            outcomes: list[RoundOutcome] = [(KEPT, stats) for stats in formed.stats]
+            failed = self._failures(self.round + 1, outcomes)  # none: the chain stops first
+            stats = dict(enumerate(formed.stats))
+            distances = dict(enumerate(formed.distances))
+            records.append(self._close_round(stats, distances, failed, formed.seconds))
+        return [*records, self._step(chain.last, chain.last_seconds)]
+
+    def _next_stop(self) -> int:
+        """The next round count at which the coordinator evaluates, checkpoints or ends."""
+        train = self.config.train
+        every = [e for e in (train.eval_every, train.checkpoint_every) if e]
+        return min([train.rounds] + [(self.round // e + 1) * e for e in every])
+
+    def _step(
+        self, outcomes: list[RoundOutcome] | None = None, round_s: float | None = None
+    ) -> dict[str, Any]:
+        """One round: run it (or take the `outcomes` a chain ended with), keep failed
+        replicas out of the center, form it, restart the failed."""
         r, gamma, rho = self.round, self.gamma.value(), self.rho.value()
         started = time.perf_counter()
-        outcomes = self._run_round(r + 1, gamma, rho)
+        if outcomes is None:
+            outcomes = self._run_round(r + 1, gamma, rho)
         gathered = time.perf_counter()
         failed = self._failures(r + 1, outcomes)  # rounds count from 1 in every record
         good = [a for a in range(self.group.size) if a not in failed]
         stats = {a: delivered(outcomes[a])[1] for a in good}
         lr, p = self.config.algorithm.lr, self.group.num_params
-        spread = self.rule.form(outcomes, good, self.gamma.value(), lr, p)
+        spread = self.rule.form(outcomes, good, gamma, lr, p)
         distances = dict(zip(good, spread.tolist(), strict=True))
         for a, reason in failed.items():
             self._restart(r + 1, a, reason)
-        losses = [stats[a].train_loss for a in good]
+        center_s = time.perf_counter() - gathered
+        round_s = gathered - started if round_s is None else round_s
+        return self._close_round(stats, distances, failed, (round_s, center_s))
+
+    def _close_round(
+        self, stats: dict[int, RoundStats], distances: dict[int, float], failed: dict[int, str],
+        seconds: tuple[float, float],
+    ) -> dict[str, Any]:  # fmt: skip
+        """Record the round just formed (`distances`: of its good replicas), advance the
+        schedules; evaluate and checkpoint when the round is due for them."""
+        r, gamma, rho = self.round, self.gamma.value(), self.rho.value()
+        losses = [stats[a].train_loss for a in distances]
         if r == 0:
             half_sq = float(np.mean([d * d for d in distances.values()])) / 2
             self.gamma.calibrate(float(np.mean(losses)), half_sq)
-        center_s = time.perf_counter() - gathered
         lrs = [self.config.algorithm.lr * scale for scale in self.policy.lr_scale]
-        self.rows += report.metrics_rows(
-            r + 1, gamma, rho, stats, distances, failed, lrs, (gathered - started, center_s)
-        )
+        self.rows += report.metrics_rows(r + 1, gamma, rho, stats, distances, failed, lrs, seconds)
         self.round += 1
         self.gamma.step()
         self.rho.step()
+        self._last_round_s = seconds[0]
         progress: dict[str, Any] = {
             "round": self.round,
             "gamma": gamma,
             "mean_loss": float(np.mean(losses)),
             "mean_distance": float(np.mean(list(distances.values()))),
-            "seconds": time.perf_counter() - started,
+            "seconds": sum(seconds),
             "failed": sorted(failed),
         }
         if self.round % self.config.train.eval_every == 0 or self.done:

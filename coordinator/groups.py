@@ -9,6 +9,8 @@ back as ReplicaLost, never as weights: the Coordinator decides what to do about 
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -16,6 +18,7 @@ import numpy as np
 
 from foundation.config import Config
 from foundation.ingredients import Ingredients
+from replicas.chain import Chain, run_chain
 from replicas.packed import PackedReplicas
 from replicas.replica import Replica, RoundStats
 
@@ -38,6 +41,10 @@ class ReplicasLost(RuntimeError):
 
 RoundOutcome = tuple[np.ndarray, RoundStats] | ReplicaLost
 
+KEPT = np.empty(0, dtype=np.float32)
+"""A round outcome's weights when they stayed in the unit (the collective transport, the
+rounds a chain formed itself)."""
+
 
 class ReplicaGroup(Protocol):
     size: int
@@ -46,6 +53,18 @@ class ReplicaGroup(Protocol):
     def run_round(
         self, center: np.ndarray | None, gamma: float, rho: float
     ) -> list[RoundOutcome]: ...
+
+    @property
+    def chains(self) -> bool:
+        """Whether one unit holds every replica, so that run_rounds may be called."""
+        ...
+
+    def run_rounds(
+        self, center: dict[str, Any], plan: list[tuple[float, float]], budget_s: float
+    ) -> Chain | ReplicaLost:
+        """Several rounds in one call to the one unit (replicas/chain.py); the chain's
+        `last` comes back as this round's outcomes, one per replica."""
+        ...
 
     def evaluate(self, center: np.ndarray) -> list[dict[str, Any]]: ...
 
@@ -125,6 +144,21 @@ class LocalGroup:
                 self.lost_units.add(u)
                 out += [ReplicaLost(f"{type(err).__name__}: {err}")] * len(self.units_of[u])
         return out
+
+    @property
+    def chains(self) -> bool:
+        return len(self.units) == 1
+
+    def run_rounds(
+        self, center: dict[str, Any], plan: list[tuple[float, float]], budget_s: float
+    ) -> Chain | ReplicaLost:
+        try:  # a copy: the unit changes the center it gets in place (EASGD, DiLoCo)
+            chain = run_chain(self.units[0], copy.deepcopy(center), plan, budget_s)
+        except Exception as err:
+            self.lost_units.add(0)
+            return ReplicaLost(f"{type(err).__name__}: {err}")
+        last = [(w.copy(), s) for w, s in unpack(chain.last, self.packed)]
+        return dataclasses.replace(chain, last=last)
 
     def evaluate(self, center: np.ndarray) -> list[dict[str, Any]]:
         results = []

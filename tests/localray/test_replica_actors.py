@@ -124,3 +124,30 @@ def test_a_killed_packed_actor_restarts_all_its_replicas(
     events = [e for e in coordinator.run.events() if e["event"] == "replica_restarted"]
     # Lost in round 2; with every replica in the killed actor, round 2 then runs again.
     assert [(e["round"], e["replica"]) for e in events] == [(2, a) for a in restarted]
+
+
+def test_the_one_actor_killed_in_the_middle_of_a_chain_restarts_from_the_center(
+    tmp_path: Path, data_root: Path
+) -> None:
+    """advance() runs rounds 2… in one call to the one actor (replicas/chain.py); killed
+    there, the chain's rounds are lost with it and every replica restarts from the center
+    of round 1, the last one the coordinator holds."""
+    import threading
+
+    import ray
+
+    sets = [f"run.storage={tmp_path}", f"data.root={data_root}", "algorithm.replicas=4",
+            "resources.replicas_per_actor=4", "train.rounds=200",
+            "train.eval_every=200", "train.checkpoint_every=0"]  # fmt: skip
+    coordinator = Coordinator(load_config(CONFIG_DIR / "smoke.toml", sets), RayReplicaGroup)
+    try:
+        coordinator.advance(budget_s=0.0)  # round 1: never chained
+        actor = cast(RayReplicaGroup, coordinator.group).actors[0]
+        threading.Timer(1.0, ray.kill, [actor]).start()  # 200 rounds take several seconds
+        chain = coordinator.advance(budget_s=600.0)
+        assert [p["round"] for p in chain] == list(range(2, 201))
+    finally:
+        coordinator.shutdown()
+    events = [e for e in coordinator.run.events() if e["event"] == "replica_restarted"]
+    assert [(e["round"], e["replica"]) for e in events] == [(2, a) for a in range(4)]
+    assert all(e["reason"].startswith("lost: actor died") for e in events)
