@@ -117,6 +117,10 @@ class CollectiveReplicaGroup(RayReplicaGroup):
     def shared_center(self) -> SharedCenter:
         return SharedCenter(self)
 
+    @property
+    def chains(self) -> bool:
+        return False  # the units keep the center; a chain's would bypass their all-reduce
+
     def live(self) -> list[int]:
         return [u for u in range(len(self.actors)) if u not in self.lost]
 

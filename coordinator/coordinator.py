@@ -6,7 +6,10 @@ happens to them), form the new center (the mean, or EASGD's explicit w̃), advan
 scoping schedules, record one metrics row per replica, and every E rounds evaluate the
 center, the replicas and their ensemble. The replicas sit behind a ReplicaGroup
 (groups.py): in-process objects or Ray actors (cluster/actors.py), so tests step this
-class without a cluster. Every C rounds (and at the end) a checkpoint; a new Coordinator
+class without a cluster. Where one unit holds every replica and rounds are short,
+advance() lets that unit run several rounds per call and form their centers itself
+(replicas/chain.py); the coordinator then records those rounds and closes the last one
+as above. Every C rounds (and at the end) a checkpoint; a new Coordinator
 on the same run directory resumes from the newest good one (resume.py). The run holds
 its directory's lease (lease.py) from its first write to its end.
 """
@@ -47,7 +50,8 @@ T = TypeVar("T")
 
 CHAIN_BELOW_S = 0.1
 """advance() chains rounds shorter than this: a round's crossing to the replicas and back
-(a few ms) is then a visible share of it; a longer round gains nothing by chaining."""
+is then a visible share of it; a longer round gains little, and its chain would carry
+the center's whole state (a large model's) to the unit on every call."""
 
 
 class Coordinator:
@@ -150,12 +154,7 @@ class Coordinator:
 
     def _chains(self) -> bool:
         # Round 1 measures the automatic γ0 that every later round's γ depends on.
-        return (
-            self.group.chains
-            and isinstance(self.rule, GatheredCenter)
-            and self.round > 0
-            and self._last_round_s < CHAIN_BELOW_S
-        )
+        return self.group.chains and self.round > 0 and self._last_round_s < CHAIN_BELOW_S
 
     def _chain(self, budget_s: float) -> list[dict[str, Any]]:
         """The rounds up to the next evaluation, checkpoint or the end, in one call; the

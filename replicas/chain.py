@@ -1,10 +1,10 @@
 """Several rounds in one call, when one unit holds every replica.
 
-A round's Ray crossing (coordinator → unit → coordinator) costs a few milliseconds, as
-much as the 10 local steps of a small model: for the embedded default (4 packed MLP
-replicas, 600 rounds) it was a tenth of the run. When one unit holds all the replicas
-it has every weight the center is formed from, so it can form the center itself and go
-straight on to the next round. The unit gets the coordinator's center state and the
+Each round's Ray crossing (coordinator → unit → coordinator) leaves the unit idle, and
+for a small model it is a visible share of the round (P7 in docs/performance.md: the
+embedded default, 4 packed MLP replicas, 600 rounds). When one unit holds all the
+replicas it has every weight the center is formed from, so it can form the center
+itself and go straight on to the next round. The unit gets the coordinator's center state and the
 (γ, ρ) of the rounds planned, and applies flatmath.center.CenterRule exactly as the
 coordinator would (the same function on the same numbers: the run computes the same
 floats, bit for bit). The LAST round of a chain is returned as a plain round result,
