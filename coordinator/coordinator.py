@@ -136,14 +136,16 @@ class Coordinator:
         return self._writing(self._step)
 
     def advance(self, budget_s: float) -> list[dict[str, Any]]:
-        """Rounds until `budget_s` seconds have passed (at least one) or the run is done,
-        one progress record each. Where one unit holds every replica and rounds are
-        short, it runs several rounds per call and forms their centers itself
-        (replicas/chain.py): the same numbers, without a crossing per round."""
+        """Rounds until `budget_s` seconds have passed (at least one), a round was
+        evaluated (a caller that acts on evaluations, as Tune's reporter does, then finds
+        the coordinator at that round) or the run is done; one progress record each.
+        Where one unit holds every replica and rounds are short, it runs several rounds
+        per call and forms their centers itself (replicas/chain.py): the same numbers,
+        without a crossing per round."""
         deadline, records = time.perf_counter() + budget_s, []
         while not self.done:
             records += self._writing(self._chain_or_step, deadline)
-            if time.perf_counter() >= deadline:
+            if time.perf_counter() >= deadline or "headline" in records[-1]:
                 break
         return records
 

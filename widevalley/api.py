@@ -128,11 +128,11 @@ def _run_here(
     tracker = tracking.start(config, coordinator.run.path, group=wandb_group)
     try:
         while not coordinator.done:
-            progress = coordinator.step()
-            say(progress_line(progress, config.train.rounds))
-            tracker.log(progress)
-            if reporter is not None:
-                reporter.progress(coordinator, progress)
+            for progress in coordinator.advance(driver.BATCH_S):
+                say(progress_line(progress, config.train.rounds))
+                tracker.log(progress)
+                if reporter is not None:  # an evaluated round is always advance()'s last
+                    reporter.progress(coordinator, progress)
         summary = coordinator.finish()
         tracker.finish(summary)
         if reporter is not None:
