@@ -4,13 +4,13 @@ Each round's Ray crossing (coordinator → unit → coordinator) leaves the unit
 for a small model it is a visible share of the round (P7 in docs/performance.md: the
 embedded default, 4 packed MLP replicas, 600 rounds). When one unit holds all the
 replicas it has every weight the center is formed from, so it can form the center
-itself and go straight on to the next round. The unit gets the coordinator's center state and the
-(γ, ρ) of the rounds planned, and applies flatmath.center.CenterRule exactly as the
-coordinator would (the same function on the same numbers: the run computes the same
-floats, bit for bit). The LAST round of a chain is returned as a plain round result,
-not formed, and so is a round in which any replica's loss or weights stopped being
-finite: the coordinator handles that round as any other (failure policy, center,
-evaluation, checkpoint), so those stay in one place.
+itself and go straight on to the next round. The unit gets the coordinator's center
+state and the (γ, ρ) of the rounds planned, and applies flatmath.center.CenterRule
+exactly as the coordinator would (the same function on the same numbers: the run
+computes the same floats, bit for bit). The LAST round of a chain is returned as a
+plain round result, not formed, and so is a round in which any replica's loss or
+weights stopped being finite: the coordinator handles that round as any other (failure
+policy, center, evaluation, checkpoint), so those stay in one place.
 """
 
 from __future__ import annotations
