@@ -140,9 +140,9 @@ class RunDir:
     def read_table(self, name: str) -> list[dict[str, Any]]:
         if not self.exists(name):
             return []
-        rows: list[dict[str, Any]] = pq.read_table(
-            pa.BufferReader(self.read_bytes(name))
-        ).to_pylist()
+        # ParquetFile: pq.read_table would import pandas (foundation/data/cache.py).
+        with pq.ParquetFile(pa.BufferReader(self.read_bytes(name))) as table:
+            rows: list[dict[str, Any]] = table.read().to_pylist()
         return rows
 
     # ---- starting over, cleaning up ---------------------------------------------------

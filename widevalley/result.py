@@ -35,7 +35,8 @@ class Result:
         """The result of the finished run in config's run directory."""
         run = RunDir(config.run.storage, config.run.name)
         center = torch.load(io.BytesIO(run.read_bytes(CENTER_FILE)), weights_only=True)
-        table = pq.read_table(pa.BufferReader(run.read_bytes(METRICS)))
+        with pq.ParquetFile(pa.BufferReader(run.read_bytes(METRICS))) as metrics:
+            table = metrics.read()
         context = {
             "input_shape": tuple(center["input_shape"]),
             "num_classes": center["num_classes"],

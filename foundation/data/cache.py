@@ -110,12 +110,15 @@ def read_split(split_dir: Path, name: str) -> Split:
     tables = [_read_shard(path) for path in shards]
     metas = [_metadata(table, path) for table, path in zip(tables, shards, strict=True)]
     _check_shards(split_dir, name, shards, tables, metas)
-    return _to_split(tables, metas[0], name)
+    return _to_split(split_dir, tables, metas[0], name)
 
 
 def _read_shard(path: Path) -> pa.Table:
+    # ParquetFile, not pq.read_table: that one imports pyarrow.dataset and, with it,
+    # pandas, 0.3 s of every replica actor's start (P5 in docs/performance.md).
     try:
-        return pq.read_table(path)
+        with pq.ParquetFile(path) as shard:
+            return shard.read()
     except (pa.ArrowException, OSError) as exc:
         raise _corrupt(path, f"Parquet cannot read it ({exc})") from exc
 
@@ -157,14 +160,25 @@ def _check_shards(
         raise _corrupt(split_dir, f"its shards do not add up to {first['num_rows']} rows")
 
 
-def _to_split(tables: list[pa.Table], meta: dict[str, Any], name: str) -> Split:
+def _to_split(split_dir: Path, tables: list[pa.Table], meta: dict[str, Any], name: str) -> Split:
     table = pa.concat_tables(tables)
     shape = tuple(meta["input_shape"])
     # flatten() (not .values) honours chunk offsets, so slices and concatenations are safe.
-    x_flat = table.column("x").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    x = x_flat.astype(np.dtype(meta["raw_dtype"]), copy=False).reshape(-1, *shape)
-    y = table.column("y").to_numpy().astype(np.int64, copy=False)
+    x_values = table.column("x").combine_chunks().flatten()
+    y_values = table.column("y").combine_chunks()
+    if x_values.null_count or y_values.null_count:
+        raise _corrupt(split_dir, "it has missing values")
+    x = _as_numpy(x_values, np.dtype(meta["raw_dtype"])).reshape(-1, *shape)
+    y = _as_numpy(y_values, np.dtype(np.int64))
     return Split(_normalize(name, x), torch.from_numpy(y.copy()))
+
+
+def _as_numpy(values: pa.Array, dtype: np.dtype) -> np.ndarray:
+    """A primitive array without nulls as a (read-only) numpy view of its data buffer.
+    Not Arrow's to_numpy(): it imports pandas, 0.3 s of every replica actor's start (P5
+    in docs/performance.md). The schema was checked against `dtype` (_check_shards)."""
+    start = values.offset * dtype.itemsize
+    return np.frombuffer(values.buffers()[1], dtype=dtype, count=len(values), offset=start)
 
 
 def _normalize(name: str, x: np.ndarray) -> torch.Tensor:
