@@ -291,7 +291,8 @@ class RayReplicaGroup:
         for actor in self.actors:
             ray.kill(actor)
         self.actors = []
-        if self.owns_pg:
+        if self.owns_pg:  # once: a second shutdown finds the group already gone
+            self.owns_pg = False
             remove_placement_group(self.pg)
 
 

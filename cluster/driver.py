@@ -1,25 +1,38 @@
-"""Drive one run on Ray: the Coordinator as an actor, stepped round by round from here.
+"""Drive one run on Ray: the Coordinator stepped round by round from here.
 
 What `python -m jobs.train` (and every other way to start a run on a cluster) does after
 its input checks: attach to or start Ray, fail early if the cluster cannot hold the
-replicas, start the Coordinator actor (which starts the replica actors), print one line
-per round, log to W&B if asked, and return the run's summary.
+replicas, start the Coordinator (which starts the replica actors), print one line per
+round, log to W&B if asked, and return the run's summary.
+
+Where the Coordinator runs:
+- on a cluster this process attached to (RAY_ADDRESS, `ray job submit`, a head that
+  `ray start` left running): as an actor pinned to the driver's node. The driver may be
+  anywhere the address reaches, and every round moves each replica's weights to the
+  Coordinator: it stays on the cluster, and a driver that is only printing is not on
+  the run's path.
+- on the private local Ray that this process started (cluster/session.py): in this
+  process. That Ray has one node, this one, and this process already holds torch and
+  the Coordinator's code; an actor would add one more Python worker importing torch to
+  the start of every run, on the same cores as the replicas' (P5 in
+  docs/performance.md). The replicas are Ray actors either way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import signal
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from cluster.collective import replica_group_class
 from cluster.resources import replica_resources, resolve_packing
-from cluster.session import connect
+from cluster.session import connect, owns_ray
 from cluster.stopping import RunInterrupted, StopFlag, stop_grace_s, stop_on_signals
 from cluster.validate import check_parts, on_remote_cluster
 from coordinator.coordinator import Coordinator
@@ -30,8 +43,9 @@ from foundation.config import Config
 from foundation.ingredients import Ingredients
 
 
-def one_line(err: ray.exceptions.RayError) -> str:
-    """The error a Ray actor raised, as one line (not Ray's wrapped traceback)."""
+def one_line(err: Exception) -> str:
+    """The error a Ray actor (or the Coordinator here) raised, as one line (not Ray's
+    wrapped traceback)."""
     cause = getattr(err, "cause", None)
     if cause is not None:
         return f"{type(cause).__name__}: {cause}"
@@ -44,10 +58,11 @@ def _say(line: str) -> None:
 
 
 class CoordinatorHost:
-    """The Coordinator's home on the cluster (made an actor in run()). It builds the
-    Coordinator in start(), not in its own constructor, so that an error while the run
-    opens (its directory held by another run, a config that does not match its
-    checkpoint) reaches the driver as that error, not as a dead actor."""
+    """The Coordinator's home: an actor or an object in this process (HostActor and
+    HostHere below). It builds the Coordinator in start(), not in its own constructor,
+    so that an error while the run opens (its directory held by another run, a config
+    that does not match its checkpoint) reaches the driver as that error, not as a dead
+    actor."""
 
     def start(
         self, config: Config, fresh: bool, job: str, parts: Ingredients | None = None
@@ -99,23 +114,77 @@ def run(
         f"K={config.algorithm.coupling_period}, on {where}"
     )
     job = f"{ray.get_runtime_context().get_job_id()} (driver pid {os.getpid()})"
-    # On the driver's node: a worker node's loss then never takes the coordinator with it
-    # (a lost driver node is a lost driver: resubmitting resumes).
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    host: Any = ray.remote(CoordinatorHost).options(num_cpus=0, scheduling_strategy=here).remote()
+    host: Host = HostHere() if owns_ray() else HostActor()
     tracker = tracking.start(config, RunDir(config.run.storage, config.run.name).path)
     try:
         with stop_on_signals() as stopping:
-            status = ray.get(host.start.remote(config, fresh, job, parts))
+            status = host.call("start", config, fresh, job, parts)
             if status["resumed_from"] is not None:
                 say(f"wv: resuming from the checkpoint at round {status['resumed_from']}")
             summary = _rounds(host, config, status["round"], stopping, say, tracker)
         tracker.finish(summary)
-        ray.get(host.shutdown.remote())
+        host.call("shutdown")
     finally:
         tracker.finish()
-        ray.kill(host)
+        host.close()
     return summary
+
+
+class CoordinatorError(Exception):
+    """An error the Coordinator raised in this process (HostHere), carried as `cause` the
+    way Ray's RayTaskError carries an actor's: the command's exit status then depends on
+    the error alone, not on where the Coordinator ran (jobs/cli.py)."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.cause = cause
+
+
+class Host(Protocol):
+    def call(self, method: str, *args: Any, timeout: float | None = None) -> Any:
+        """CoordinatorHost.`method`(*args); `timeout` bounds the wait where it can."""
+
+    def close(self) -> None:
+        """Stop the Coordinator and its replicas, whatever state the run is in."""
+
+
+class HostActor:
+    """The CoordinatorHost as an actor on the driver's node: a worker node's loss then
+    never takes the coordinator with it (a lost driver node is a lost driver:
+    resubmitting resumes). Its replica actors are its own and die with it."""
+
+    def __init__(self) -> None:
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self.actor: Any = (
+            ray.remote(CoordinatorHost).options(num_cpus=0, scheduling_strategy=here).remote()
+        )
+
+    def call(self, method: str, *args: Any, timeout: float | None = None) -> Any:
+        return ray.get(getattr(self.actor, method).remote(*args), timeout=timeout)
+
+    def close(self) -> None:
+        ray.kill(self.actor)
+
+
+class HostHere:
+    """The CoordinatorHost in this process (the private local Ray's only node). A call
+    cannot be cut short here: the Coordinator's own calls to the replicas have their
+    timeouts (train.round_timeout_s)."""
+
+    def __init__(self) -> None:
+        self.host = CoordinatorHost()
+
+    def call(self, method: str, *args: Any, timeout: float | None = None) -> Any:
+        try:
+            return getattr(self.host, method)(*args)
+        except Exception as err:  # not KeyboardInterrupt: a second signal stops at once
+            raise CoordinatorError(err) from err
+
+    def close(self) -> None:
+        # Idempotent; the replica actors are this process's to stop. Suppressed: on the
+        # way out of a failed run, its own error is the one to report.
+        with contextlib.suppress(Exception):
+            self.host.shutdown()
 
 
 # Rounds per driver call last about this long: progress lines and a stop on SIGTERM or
@@ -124,7 +193,7 @@ BATCH_S = 0.25
 
 
 def _rounds(
-    host: Any, config: Config, at: int, stopping: StopFlag, say: Callable[[str], None],
+    host: Host, config: Config, at: int, stopping: StopFlag, say: Callable[[str], None],
     tracker: Any,
 ) -> dict[str, Any]:  # fmt: skip
     """Step to the last round and finish, or stop politely on a signal."""
@@ -132,23 +201,23 @@ def _rounds(
     while at < config.train.rounds:
         if stopping.signum is not None:
             _stop(host, stopping.signum)
-        for progress in ray.get(host.steps.remote(budget)):
+        for progress in host.call("steps", budget):
             say(progress_line(progress, config.train.rounds))
             tracker.log(progress)
             at = progress["round"]
         budget = BATCH_S
     if stopping.signum is not None:
         _stop(host, stopping.signum)
-    summary: dict[str, Any] = ray.get(host.finish.remote())
+    summary: dict[str, Any] = host.call("finish")
     return summary
 
 
-def _stop(host: Any, signum: int) -> None:
+def _stop(host: Host, signum: int) -> None:
     """Checkpoint, log `stopped` and release the run directory within the grace period;
     then end the run (RunInterrupted carries the exit status)."""
     reason = signal.Signals(signum).name
     try:
-        round_: int | None = ray.get(host.stop.remote(reason), timeout=stop_grace_s())
+        round_: int | None = host.call("stop", reason, timeout=stop_grace_s())
     except ray.exceptions.GetTimeoutError:
         round_ = None  # past the grace: the last periodic checkpoint is what resumes
     raise RunInterrupted(signum, round_)

@@ -134,6 +134,11 @@ def _connect(num_cpus: int | None = None) -> str:
     return f"a local Ray with {cpus} CPUs{dashboard}"
 
 
+def owns_ray() -> bool:
+    """Whether this process started the Ray it is connected to (the private local one)."""
+    return _started_here
+
+
 def release() -> None:
     """Stop the private local Ray that connect() started, if any (a cluster this process
     attached to, or a session someone else initialized, is left as it is).

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import ray
 
-from cluster.driver import one_line
+from cluster.driver import CoordinatorError, one_line
 from cluster.resources import ResourceError
 from cluster.session import release
 from cluster.stopping import RunInterrupted
@@ -41,7 +41,9 @@ def guarded(body: Callable[[], int], user_errors: tuple[type[BaseException], ...
     bad_input = (*USER_ERRORS, *user_errors)
     try:
         return body()
-    except ray.exceptions.RayError as err:  # first: Ray's errors may subclass the cause's
+    # First: Ray's errors may subclass the cause's. An error the Coordinator raised in an
+    # actor (RayError) or in this process (CoordinatorError) counts the same.
+    except (ray.exceptions.RayError, CoordinatorError) as err:
         cause = getattr(err, "cause", None)
         # Storage that fails mid-run is a failed run (1), not bad input.
         if isinstance(cause, bad_input) and not isinstance(cause, StorageError):

@@ -2,11 +2,12 @@
 
 Attaches to RAY_ADDRESS's cluster (as under `ray job submit`), to a cluster `ray start`
 left running on this machine, or starts a local Ray (cluster/session.py); starts the
-Coordinator actor (which starts the replica actors), prints one line per round and a
-summary table, and leaves everything in <run.storage>/<run.name>/. Running the same
-command again resumes from the run's last good checkpoint (--fresh starts over). Bad
-input fails before any actor starts, with one line and exit status 2; a run that fails
-while training exits with 1, its metrics and events kept.
+Coordinator (which starts the replica actors; cluster/driver.py says where it runs),
+prints one line per round and a summary table, and leaves everything in
+<run.storage>/<run.name>/. Running the same command again resumes from the run's last
+good checkpoint (--fresh starts over). Bad input fails before any actor starts, with
+one line and exit status 2; a run that fails while training exits with 1, its metrics
+and events kept.
 """
 
 from __future__ import annotations

@@ -13,7 +13,9 @@ Where it runs:
   reported through Tune (widevalley/tuning.py), so a Tuner's scheduler drives the run.
 - otherwise: on the Ray cluster in RAY_ADDRESS, a cluster `ray start` left running on
   this machine, or a private local Ray, exactly as `python -m jobs.train` (the
-  Coordinator as an actor, progress lines, SIGTERM stops with a checkpoint).
+  Coordinator as an actor on a cluster, in this process on the private Ray; progress
+  lines; SIGTERM stops with a checkpoint). An error while the run trains arrives with
+  the original as its `cause` (Ray's RayTaskError, or cluster.driver.CoordinatorError).
 The model, data and loss are checked once before any replica starts (one line naming
 the key, ConfigError).
 """

@@ -3,7 +3,8 @@
 SIGTERM (what `ray job stop` and Kubernetes send) and SIGINT stop a run at the next
 round with a checkpoint and a `stopped` event, exit 143 or 130, and the rerun resumes
 to the center of an uninterrupted run. Two runs started together on one run directory:
-one trains, the other fails with one line naming it.
+one trains, the other fails with one line naming it (and the winner's own process, where
+its Coordinator runs).
 """
 
 from __future__ import annotations
@@ -102,6 +103,9 @@ def test_two_runs_started_together_one_trains_one_fails_and_sigint_stops_the_fir
     assert loser.returncode == 2, loser_err
     lines = [line for line in loser_err.splitlines() if line.strip()]
     assert len(lines) == 1 and "smoke is being written by job" in lines[0], loser_err
+    # On the private Ray it started, the winner's Coordinator runs in the winner's own
+    # process (cluster/driver.py, HostHere): that process holds the run directory.
+    assert f"pid {winner.pid} on " in lines[0], loser_err
     out, err = signal_at_round(winner, 20, signal.SIGINT)  # Ctrl-C
     assert winner.returncode == 130, out + err
     kinds = [e["event"] for e in events(tmp_path)]

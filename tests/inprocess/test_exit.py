@@ -1,8 +1,16 @@
-"""Tier 2: how a `python -m jobs…` command ends (jobs.entry.exit_now)."""
+"""Tier 2: how a `python -m jobs…` command ends (jobs.entry.exit_now, jobs.cli.guarded)."""
 
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from cluster.driver import HostHere
+from coordinator.failures import DivergenceError
+from coordinator.lease import LeaseHeld
+from foundation.storage import StorageError
+from jobs.cli import guarded
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -23,3 +31,45 @@ def test_exit_now_runs_the_exit_handlers_flushes_and_keeps_the_status() -> None:
     )  # fmt: skip
     assert done.returncode == 3, done.stderr
     assert done.stdout == "outputexit handler ran\n"
+
+
+class _FailingHost:
+    """Stands in for CoordinatorHost: steps() raises `error`; shutdown() is recorded."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error, self.closed = error, False
+
+    def steps(self, budget_s: float) -> None:
+        raise self.error
+
+    def shutdown(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (StorageError("cannot write metrics.parquet: disk full"), 1),  # mid-run: a failed run
+        (LeaseHeld("runs/smoke is being written by job 01 (driver pid 7)"), 2),  # bad input
+        (DivergenceError("every replica diverged"), 1),
+    ],
+)
+def test_an_error_of_the_coordinator_in_this_process_exits_as_from_an_actor(
+    error: Exception, code: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # On the private local Ray the Coordinator runs in the driver (cluster/driver.py,
+    # HostHere): its errors must end the command as they did from the actor (RayError).
+    host, fake = HostHere(), _FailingHost(error)
+    vars(host)["host"] = fake
+
+    def body() -> int:
+        try:
+            host.call("steps", 0.25)
+        finally:
+            host.close()
+        return 0
+
+    assert guarded(body) == code
+    assert fake.closed
+    said = str(error) if code == 2 else f"{type(error).__name__}: {error}"
+    assert capsys.readouterr().err.splitlines() == [f"wv: error: {said}"]
