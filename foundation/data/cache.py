@@ -177,6 +177,8 @@ def _as_numpy(values: pa.Array, dtype: np.dtype) -> np.ndarray:
     """A primitive array without nulls as a (read-only) numpy view of its data buffer.
     Not Arrow's to_numpy(): it imports pandas, 0.3 s of every replica actor's start (P5
     in docs/performance.md). The schema was checked against `dtype` (_check_shards)."""
+    if len(values) == 0:  # an empty array may have no data buffer at all
+        return np.empty(0, dtype=dtype)
     start = values.offset * dtype.itemsize
     return np.frombuffer(values.buffers()[1], dtype=dtype, count=len(values), offset=start)
 

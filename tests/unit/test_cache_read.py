@@ -37,6 +37,12 @@ def test_a_split_reads_back_exactly_across_shards(
     assert split.x.dtype == torch.float32 and split.y.dtype == torch.int64
 
 
+def test_an_empty_split_reads_back_empty(tmp_path: Path) -> None:
+    write_split(tmp_path, "test", "mnist1d", mnist1d_like(0))
+    split = read_split(tmp_path / "test", "mnist1d")
+    assert split.x.shape == (0, 40) and split.y.shape == (0,)
+
+
 def test_a_shard_with_a_missing_label_is_corrupt(tmp_path: Path) -> None:
     x, _ = mnist1d_like(2)
     meta = _shard_metadata("mnist1d", "train", x.dtype, 2, 0, 1)
