@@ -133,11 +133,32 @@ def run(
 class CoordinatorError(Exception):
     """An error the Coordinator raised in this process (HostHere), carried as `cause` the
     way Ray's RayTaskError carries an actor's: the command's exit status then depends on
-    the error alone, not on where the Coordinator ran (jobs/cli.py)."""
+    the error alone, not on where the Coordinator ran (jobs/cli.py). Made by
+    coordinator_error()."""
 
-    def __init__(self, cause: Exception) -> None:
-        super().__init__(f"{type(cause).__name__}: {cause}")
+    def __init__(self, cause: BaseException) -> None:
+        Exception.__init__(self, f"{type(cause).__name__}: {cause}")  # not the cause's
         self.cause = cause
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def coordinator_error(err: Exception) -> CoordinatorError:
+    """A CoordinatorError carrying `err`: a replica's error unwrapped from Ray's
+    RayTaskError, as the driver sees it when the Coordinator is an actor. Where Python
+    can combine the classes, it is also an instance of the cause's class, as Ray's
+    RayTaskError is: `except LeaseHeld` around widevalley.fit() works wherever the
+    Coordinator ran."""
+    cause: BaseException = err
+    if isinstance(err, ray.exceptions.RayTaskError) and err.cause is not None:
+        cause = err.cause
+    try:
+        name = f"CoordinatorError({type(cause).__name__})"
+        carrying: type[CoordinatorError] = type(name, (CoordinatorError, type(cause)), {})
+        return carrying(cause)
+    except TypeError:  # a class Python cannot combine (a final one, a clashing layout)
+        return CoordinatorError(cause)
 
 
 class Host(Protocol):
@@ -169,7 +190,9 @@ class HostActor:
 class HostHere:
     """The CoordinatorHost in this process (the private local Ray's only node). A call
     cannot be cut short here: the Coordinator's own calls to the replicas have their
-    timeouts (train.round_timeout_s)."""
+    timeouts (train.round_timeout_s), but a polite stop's checkpoint is not bounded by
+    stop_grace_s() as it is from the actor. That bound is for `ray job stop`, whose
+    driver runs on a cluster and so takes HostActor."""
 
     def __init__(self) -> None:
         self.host = CoordinatorHost()
@@ -178,7 +201,7 @@ class HostHere:
         try:
             return getattr(self.host, method)(*args)
         except Exception as err:  # not KeyboardInterrupt: a second signal stops at once
-            raise CoordinatorError(err) from err
+            raise coordinator_error(err) from err
 
     def close(self) -> None:
         # Idempotent; the replica actors are this process's to stop. Suppressed: on the

@@ -1,5 +1,6 @@
 """Deliberately bad user parts, named by import path in docs/reliability.md's bad-input
-table (tests.badparts:...): each must fail before any replica starts, with one line."""
+table (tests.badparts:...): each must fail before any replica starts, with one line
+(raising_loss too, when the input checks run; a test calls driver.run without them)."""
 
 from __future__ import annotations
 
@@ -45,3 +46,9 @@ class TinyGRU(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.gru(x.unsqueeze(-1))[1][-1])
+
+
+def raising_loss(outputs: Tensor, targets: Tensor) -> Tensor:
+    """A loss that fails in the replicas (for driver.run called without the input checks,
+    tests/localray/test_coordinator_here.py)."""
+    raise ValueError("the loss refuses")

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from ray.exceptions import RayTaskError
 
 from cluster.driver import HostHere
 from coordinator.failures import DivergenceError
@@ -52,6 +53,8 @@ class _FailingHost:
         (StorageError("cannot write metrics.parquet: disk full"), 1),  # mid-run: a failed run
         (LeaseHeld("runs/smoke is being written by job 01 (driver pid 7)"), 2),  # bad input
         (DivergenceError("every replica diverged"), 1),
+        # A replica's error reaches the Coordinator wrapped by Ray; the line names its own.
+        (RayTaskError("round", "Traceback …", ValueError("bad loss")).as_instanceof_cause(), 1),
     ],
 )
 def test_an_error_of_the_coordinator_in_this_process_exits_as_from_an_actor(
@@ -71,5 +74,6 @@ def test_an_error_of_the_coordinator_in_this_process_exits_as_from_an_actor(
 
     assert guarded(body) == code
     assert fake.closed
-    said = str(error) if code == 2 else f"{type(error).__name__}: {error}"
+    cause = error.cause if isinstance(error, RayTaskError) else error
+    said = str(cause) if code == 2 else f"{type(cause).__name__}: {cause}"
     assert capsys.readouterr().err.splitlines() == [f"wv: error: {said}"]
