@@ -164,11 +164,15 @@ def _to_split(split_dir: Path, tables: list[pa.Table], meta: dict[str, Any], nam
     table = pa.concat_tables(tables)
     shape = tuple(meta["input_shape"])
     # flatten() (not .values) honours chunk offsets, so slices and concatenations are safe.
-    x_values = table.column("x").combine_chunks().flatten()
-    y_values = table.column("y").combine_chunks()
-    if x_values.null_count or y_values.null_count:
+    # A missing x row vanishes in flatten(): checked before, or every later label shifts.
+    x_rows, y_values = table.column("x").combine_chunks(), table.column("y").combine_chunks()
+    x_values = x_rows.flatten()
+    if x_rows.null_count or x_values.null_count or y_values.null_count:
         raise _corrupt(split_dir, "it has missing values")
-    x = _as_numpy(x_values, np.dtype(meta["raw_dtype"])).reshape(-1, *shape)
+    raw = np.dtype(meta["raw_dtype"])
+    if raw.kind not in "iuf":  # _as_numpy reads fixed-width numbers, not Arrow's bit-packed bools
+        raise _corrupt(split_dir, f"its raw_dtype {raw} is not a number type")
+    x = _as_numpy(x_values, raw).reshape(-1, *shape)
     y = _as_numpy(y_values, np.dtype(np.int64))
     return Split(_normalize(name, x), torch.from_numpy(y.copy()))
 

@@ -43,16 +43,37 @@ def test_an_empty_split_reads_back_empty(tmp_path: Path) -> None:
     assert split.x.shape == (0, 40) and split.y.shape == (0,)
 
 
-def test_a_shard_with_a_missing_label_is_corrupt(tmp_path: Path) -> None:
-    x, _ = mnist1d_like(2)
-    meta = _shard_metadata("mnist1d", "train", x.dtype, 2, 0, 1)
-    table = pa.table({
-        "x": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), 40),
-        "y": pa.array([3, None], pa.int64()),
-    }).replace_schema_metadata({METADATA_KEY: json.dumps(meta).encode()})  # fmt: skip
-    (tmp_path / "train").mkdir()
-    pq.write_table(table, tmp_path / "train" / "part-00000.parquet")
+def write_shard(split_dir: Path, x: pa.Array, y: pa.Array, raw_dtype: str = "float32") -> None:
+    meta = _shard_metadata("mnist1d", "train", np.dtype(raw_dtype), len(y), 0, 1)
+    table = pa.table({"x": x, "y": y})
+    table = table.replace_schema_metadata({METADATA_KEY: json.dumps(meta).encode()})
+    split_dir.mkdir()
+    pq.write_table(table, split_dir / "part-00000.parquet")
+
+
+def rows_of_40(values: list[list[float] | None], value_type: pa.DataType) -> pa.Array:
+    return pa.array(values, pa.list_(value_type, 40))
+
+
+@pytest.mark.parametrize("missing", ["a label", "an input row", "one input value"])
+def test_a_shard_with_a_missing_value_is_corrupt(tmp_path: Path, missing: str) -> None:
+    rows: list[list[float] | None] = [[1.0] * 40, [2.0] * 40, [3.0] * 40]
+    labels: list[int | None] = [0, 1, 2]
+    if missing == "a label":
+        labels[1] = None
+    elif missing == "an input row":  # flatten() drops it: the labels after it would shift
+        rows[1] = None
+    else:
+        rows[1] = [2.0] * 39 + [None]  # type: ignore[list-item]
+    write_shard(tmp_path / "train", rows_of_40(rows, pa.float32()), pa.array(labels, pa.int64()))
     with pytest.raises(DatasetError, match="corrupt: it has missing values"):
+        read_split(tmp_path / "train", "mnist1d")
+
+
+def test_a_shard_whose_raw_dtype_is_not_a_number_is_corrupt(tmp_path: Path) -> None:
+    rows = rows_of_40([[True] * 40, [False] * 40], pa.bool_())
+    write_shard(tmp_path / "train", rows, pa.array([0, 1], pa.int64()), raw_dtype="bool")
+    with pytest.raises(DatasetError, match="raw_dtype bool is not a number type"):
         read_split(tmp_path / "train", "mnist1d")
 
 
