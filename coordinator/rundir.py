@@ -140,10 +140,13 @@ class RunDir:
     def read_table(self, name: str) -> list[dict[str, Any]]:
         if not self.exists(name):
             return []
+        rows: list[dict[str, Any]] = self.read_arrow(name).to_pylist()
+        return rows
+
+    def read_arrow(self, name: str) -> pa.Table:
         # ParquetFile: pq.read_table would import pandas (foundation/data/cache.py).
         with pq.ParquetFile(pa.BufferReader(self.read_bytes(name))) as table:
-            rows: list[dict[str, Any]] = table.read().to_pylist()
-        return rows
+            return table.read()
 
     # ---- starting over, cleaning up ---------------------------------------------------
 

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from torch import Tensor, nn
 
@@ -35,8 +34,7 @@ class Result:
         """The result of the finished run in config's run directory."""
         run = RunDir(config.run.storage, config.run.name)
         center = torch.load(io.BytesIO(run.read_bytes(CENTER_FILE)), weights_only=True)
-        with pq.ParquetFile(pa.BufferReader(run.read_bytes(METRICS))) as metrics:
-            table = metrics.read()
+        table = run.read_arrow(METRICS)
         context = {
             "input_shape": tuple(center["input_shape"]),
             "num_classes": center["num_classes"],
