@@ -1,5 +1,5 @@
 """Reading the Parquet data cache (foundation/data/cache.py): exact values, missing
-values refused, and without pandas (Arrow's to_numpy imports it: 0.3 s of every replica
+values refused, and without pandas (Arrow's to_numpy imports it, in every replica
 actor's start, P5 in docs/performance.md)."""
 
 from __future__ import annotations
