@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from cluster import dashboard
 from cluster.collective import replica_group_class
 from cluster.resources import replica_resources, resolve_packing
 from cluster.session import connect, owns_ray
@@ -97,7 +98,7 @@ def run(
     next round boundary with a checkpoint (RunInterrupted)."""
     from foundation import tracking  # wandb is imported only when logging.wandb is on
 
-    where = connect()
+    where = connect(dashboard_now=False)  # started after the first round, below
     config = resolve_packing(config, ray.nodes())
     replica_resources(config, ray.cluster_resources())  # fail before any actor starts
     if on_remote_cluster():
@@ -229,6 +230,9 @@ def _rounds(
             tracker.log(progress)
             at = progress["round"]
         budget = BATCH_S
+        dashboard.start()  # the private Ray's, once the run is training (no wait)
+        for line in dashboard.news():
+            say(line)
     if stopping.signum is not None:
         _stop(host, stopping.signum)
     summary: dict[str, Any] = host.call("finish")

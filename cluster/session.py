@@ -5,9 +5,10 @@ Which Ray a run uses, in order:
 2. A cluster that `ray start --head` left running on this machine: attach to it, as a
    plain `ray.init()` would, and say so (its dashboard then shows the run). A user who
    started a head on purpose expects their runs on it; RAY_ADDRESS=local opts out.
-3. Otherwise a private local Ray with this machine's CPUs, its dashboard on 127.0.0.1
-   (WV_DASHBOARD=0: without one, which starts sooner and leaves the cores to training;
-   docs/performance.md measures both, P5 and P7).
+3. Otherwise a private local Ray with this machine's CPUs, its dashboard on 127.0.0.1,
+   started after Ray's other processes (cluster/dashboard.py; in a run, once its first
+   round is done). WV_DASHBOARD=0: without one, which leaves the cores to training;
+   docs/performance.md measures both, P5 and P7.
 
 connect_in_background() begins the same on a thread (jobs/train.py, while it imports
 torch); release() stops the private Ray that this process started, and nothing else.
@@ -21,6 +22,8 @@ import threading
 from typing import Any
 
 import ray
+
+from cluster import dashboard
 
 # For the private local Ray only (a cluster started elsewhere keeps its own settings):
 # its idle workers import torch while the driver is still starting, so the coordinator
@@ -87,12 +90,16 @@ def connect_in_background() -> None:
         _starter = _Starter()
 
 
-def connect(num_cpus: int | None = None) -> str:
+def connect(num_cpus: int | None = None, dashboard_now: bool = True) -> str:
     """Attach to or start Ray (see the module's docstring); returns a short description
-    for the first progress line."""
-    if _starter is not None:
-        return _starter.result()
-    return _connect(num_cpus)
+    for the first progress line. A private Ray's dashboard is started after Ray's other
+    processes (cluster/dashboard.py): here, and waited for, if `dashboard_now`; else by
+    the caller (a run starts it once its first round is done: cluster/driver.py)."""
+    where = _starter.result() if _starter is not None else _connect(num_cpus)
+    if not dashboard_now:
+        return f"{where} (dashboard to follow)" if dashboard.url_to_come() else where
+    address = dashboard.wait_until_up()
+    return f"{where}, dashboard {address}" if address else where
 
 
 def _connect(num_cpus: int | None = None) -> str:
@@ -119,19 +126,19 @@ def _connect(num_cpus: int | None = None) -> str:
     dashboard_options: dict[str, Any] = (
         {"dashboard_host": "127.0.0.1"} if with_dashboard else {"include_dashboard": False}
     )
-    context = ray.init(
-        address="local",
-        num_cpus=num_cpus or os.cpu_count(),
-        logging_level=logging.ERROR,
-        _system_config=LOCAL_SYSTEM_CONFIG,
-        **dashboard_options,
-    )
+    with dashboard.deferred():  # started by connect() or, in a run, after its first round
+        ray.init(
+            address="local",
+            num_cpus=num_cpus or os.cpu_count(),
+            logging_level=logging.ERROR,
+            _system_config=LOCAL_SYSTEM_CONFIG,
+            **dashboard_options,
+        )
     _started_here = True
     cpus = int(ray.cluster_resources().get("CPU", 0))
     if not with_dashboard:
         return f"a local Ray with {cpus} CPUs, no dashboard (WV_DASHBOARD=0)"
-    dashboard = f", dashboard http://{context.dashboard_url}" if context.dashboard_url else ""
-    return f"a local Ray with {cpus} CPUs{dashboard}"
+    return f"a local Ray with {cpus} CPUs"
 
 
 def owns_ray() -> bool:
@@ -153,9 +160,11 @@ def release() -> None:
     starter, _starter = _starter, None
     if starter is not None:
         starter.done.wait()  # a start under way is finished first: Ray cannot stop midway
+    dashboard.settle()
     try:
         _stop_private_ray()
     finally:
+        dashboard.release()
         if starter is not None:
             starter.released.set()
 

@@ -4,7 +4,8 @@ SIGTERM (what `ray job stop` and Kubernetes send) and SIGINT stop a run at the n
 round with a checkpoint and a `stopped` event, exit 143 or 130, and the rerun resumes
 to the center of an uninterrupted run. Two runs started together on one run directory:
 one trains, the other fails with one line naming it (and the winner's own process, where
-its Coordinator runs).
+its Coordinator runs); the winner's dashboard comes up after its first round and goes
+with it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -43,17 +45,33 @@ def start(tmp_path: Path, *extra: str) -> subprocess.Popen[str]:
     )  # fmt: skip
 
 
-def signal_at_round(proc: subprocess.Popen[str], round_: int, signum: int) -> tuple[str, str]:
-    """Wait for the progress line of `round_`, send `signum`; returns (stdout, stderr)."""
+def read_until(proc: subprocess.Popen[str], start: str) -> list[str]:
+    """The lines of its output up to the first that starts with `start`, that one too."""
     assert proc.stdout is not None
     seen = []
     for line in proc.stdout:
         seen.append(line)
-        if line.startswith(f"round {round_:>5}/"):
-            proc.send_signal(signum)
-            break
+        if line.startswith(start):
+            return seen
+    raise AssertionError(f"no line starting {start!r} in:\n{''.join(seen)}")
+
+
+def signal_at_round(proc: subprocess.Popen[str], round_: int, signum: int) -> tuple[str, str]:
+    """Wait for the progress line of `round_`, send `signum`; returns (stdout, stderr)."""
+    seen = read_until(proc, f"round {round_:>5}/")
+    proc.send_signal(signum)
     out, err = proc.communicate(timeout=120)
     return "".join(seen) + out, err
+
+
+def answers(address: str) -> bool:
+    """Whether a Ray dashboard serves its page at `address` (the page needs no token,
+    where Ray's token auth is on; its API would)."""
+    try:
+        with urllib.request.urlopen(address, timeout=30) as reply:
+            return b"<title>Ray Dashboard</title>" in reply.read()
+    except OSError:  # refused: nothing listens there
+        return False
 
 
 def uninterrupted_sha(tmp_path: Path) -> str:
@@ -106,8 +124,16 @@ def test_two_runs_started_together_one_trains_one_fails_and_sigint_stops_the_fir
     # On the private Ray it started, the winner's Coordinator runs in the winner's own
     # process (cluster/driver.py, HostHere): that process holds the run directory.
     assert f"pid {winner.pid} on " in lines[0], loser_err
-    out, err = signal_at_round(winner, 20, signal.SIGINT)  # Ctrl-C
+    # The private Ray's dashboard starts once the run is training (cluster/dashboard.py):
+    # said after the first round, it answers while the run goes on, and goes with it.
+    seen = read_until(winner, "wv: Ray dashboard http://127.0.0.1:")
+    assert "(dashboard to follow)" in seen[0] and seen[1].startswith("round     1/"), seen
+    address = seen[-1].split()[-1]
+    assert answers(address), address
+    winner.send_signal(signal.SIGINT)  # Ctrl-C
+    out, err = winner.communicate(timeout=120)
     assert winner.returncode == 130, out + err
+    assert not answers(address), f"{address} still answers after the run ended"
     kinds = [e["event"] for e in events(tmp_path)]
     assert kinds.count("start") == 1 and "resume" not in kinds
     assert events(tmp_path)[-1]["reason"] == "SIGINT"
