@@ -49,7 +49,7 @@ def first_round_seconds(config: str, storage: str) -> tuple[float, float]:
     to_follow = False
     for line in proc.stdout:
         to_follow = to_follow or "(dashboard to follow)" in line
-        if line.startswith("round ") and "1/" in line.split()[1]:
+        if line.startswith("round ") and line.split()[1].startswith("1/"):
             first_round = time.perf_counter() - start
             if not to_follow:
                 break
