@@ -4,11 +4,11 @@ Ray starts a head's dashboard before its raylet, and waits until the dashboard h
 loaded all of its modules (up to a minute) before it starts the raylet. Nothing a run
 needs goes through the dashboard, which is only for watching. On the 2-core box that
 wait, and the CPU the dashboard's processes took from the rest of the start, were a
-large share of the time to the first round (P5 in docs/performance.md). So on the private Ray
-that this process starts (cluster/session.py), Ray's call that starts the dashboard is
-recorded instead of made (`deferred`), and made later (`start`). The dashboard is then
-the one Ray would have started, with the same settings. A cluster this process only
-attaches to keeps its dashboard as it is.
+large share of the time to the first round (P5 in docs/performance.md). So on the
+private Ray that this process starts (cluster/session.py), Ray's call that starts the
+dashboard is recorded instead of made (`deferred`), and made later (`start`), at the
+lowest CPU priority. The dashboard is then the one Ray would have started, with the
+same settings. A cluster this process only attaches to keeps its dashboard as it is.
 
 The thread that starts the dashboard lives until `release`: Ray ties the dashboard
 process to it with a parent-death signal, as it does the processes started in ray.init
@@ -54,12 +54,19 @@ class _Deferred:
 
 
 def _lowest_priority() -> None:
-    """This thread at nice 19, and so the processes it starts (Linux keeps a nice value
-    per thread; a child takes its creator's): the dashboard then yields the cores to the
-    replicas. At Ray's priority its start slowed the rounds it overlapped tenfold on the
-    2-core box (P7 in docs/performance.md times whole runs)."""
-    with contextlib.suppress(OSError, AttributeError):  # elsewhere: Ray's priority
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    """This thread, and so the processes it starts, at Linux's lowest priority,
+    SCHED_IDLE (Linux keeps the policy per thread; a child takes its creator's): the
+    dashboard then runs on what CPU the run leaves. On Ray's priority, or even at nice
+    19, its start took cores from the replicas' two torch threads, and a step waits for
+    the slower thread: whole runs of the default were slower (P7 in
+    docs/performance.md). Where the run keeps every core busy, the dashboard comes up
+    late, or not before a short run ends. Elsewhere than Linux: nice 19, if it can."""
+    thread = threading.get_native_id()
+    try:
+        os.sched_setscheduler(thread, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        with contextlib.suppress(AttributeError, OSError):
+            os.setpriority(os.PRIO_PROCESS, thread, 19)
 
 
 _RAY_START = ray_node.Node.start_api_server
