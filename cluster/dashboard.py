@@ -6,9 +6,11 @@ needs goes through the dashboard, which is only for watching. On the 2-core box 
 wait, and the CPU the dashboard's processes took from the rest of the start, were a
 large share of the time to the first round (P5 in docs/performance.md). So on the
 private Ray that this process starts (cluster/session.py), Ray's call that starts the
-dashboard is recorded instead of made (`deferred`), and made later (`start`), at the
-lowest CPU priority. The dashboard is then the one Ray would have started, with the
-same settings. A cluster this process only attaches to keeps its dashboard as it is.
+dashboard is recorded instead of made (`deferred`), and made later: by a run once it
+is training, at the lowest CPU priority (`start`); by the other commands right after
+`ray.init`, at Ray's (`wait_until_up`). The dashboard is then the one Ray would have
+started, with the same settings. A cluster this process only attaches to keeps its
+dashboard as it is.
 
 The thread that starts the dashboard lives until `release`: Ray ties the dashboard
 process to it with a parent-death signal, as it does the processes started in ray.init
@@ -37,13 +39,16 @@ class _Deferred:
         self.error: BaseException | None = None
         self.said = False
 
-    def start(self) -> None:
+    def start(self, idle: bool) -> None:
         if self.thread is None:
-            self.thread = threading.Thread(target=self._run, name="wv-dashboard", daemon=True)
+            self.thread = threading.Thread(
+                target=self._run, args=(idle,), name="wv-dashboard", daemon=True
+            )
             self.thread.start()
 
-    def _run(self) -> None:
-        _lowest_priority()
+    def _run(self, idle: bool) -> None:
+        if idle:
+            _lowest_priority()
         try:  # Ray's own call; raise_on_failure=False: a run goes on without a dashboard
             _RAY_START(self.node, include_dashboard=self.include_dashboard, raise_on_failure=False)
         except BaseException as err:  # said by news(); the run goes on
@@ -89,16 +94,19 @@ def deferred() -> Iterator[None]:
 
 
 def start() -> None:
-    """Start the recorded dashboard on its own thread, if there is one (no wait)."""
+    """Start the recorded dashboard on its own thread, if there is one (no wait), at the
+    lowest priority: for a run that is training."""
     if _pending is not None:
-        _pending.start()
+        _pending.start(idle=True)
 
 
 def wait_until_up() -> str | None:
-    """Start the recorded dashboard if need be and wait for it; its URL, if it has one."""
+    """Start the recorded dashboard if need be, at Ray's priority (for the commands
+    that want it before they start their work: a sweep's trials are watched there), and
+    wait for it; its URL, if it has one."""
     if _pending is None:
         return None
-    _pending.start()
+    _pending.start(idle=False)
     _pending.up.wait()
     return url()
 
