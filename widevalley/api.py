@@ -32,7 +32,7 @@ from cluster import driver
 from cluster.collective import replica_group_class
 from cluster.validate import check_parts, on_remote_cluster
 from coordinator.coordinator import Coordinator, GroupFactory
-from coordinator.groups import LocalGroup
+from coordinator.groups import LocalGroup, layout
 from coordinator.report import progress_line
 from coordinator.rundir import RunDir
 from foundation.config import Config, to_toml
@@ -87,9 +87,10 @@ def fit(
     trial = current_trial()
     if local or trial is not None:
         check_parts(run_config, parts, remote=False)
-        group: GroupFactory = functools.partial(
-            LocalGroup if local else _trial_group(run_config), parts=parts
-        )  # fmt: skip
+        factory, where = (LocalGroup, "in this process") if local else _trial_group(run_config)
+        say(f"wv: {run_config.algorithm.kind} with {run_config.algorithm.replicas} replicas "
+            f"of {run_config.model.arch}, {run_config.train.rounds} rounds, {where}")  # fmt: skip
+        group: GroupFactory = functools.partial(factory, parts=parts)
         reporter = TrialReporter(trial, tune_checkpoint_every_report) if trial else None
         wandb_group = wandb_group or (reporter.experiment() if reporter else None)
         _run_here(run_config, parts, group, fresh, allow_changes, reporter, say, wandb_group)
@@ -104,14 +105,30 @@ def _quiet(line: str) -> None:
     pass
 
 
-def _trial_group(config: Config) -> Callable[..., Any]:
-    """Replicas in the trial's own placement group (bundles 1…, bundle 0 holds the
-    trial) when Tune reserved one for it, else in a placement group of their own."""
+def _trial_group(config: Config) -> tuple[Callable[..., Any], str]:
+    """Where a trial's replicas run, and how the first line says it.
+
+    The trial's placement group is what the user reserved for it, and bundle 0 is the
+    trial's own process. When it has a bundle for every replica unit after that (what
+    `widevalley sweep` reserves), the replicas are actors in those bundles. When it has
+    none (`tune.with_resources(fn, {"cpu": 1})`, or no request at all: one bundle), they
+    run in the trial's process, inside the reservation: a placement group of their own
+    would wait forever on a cluster whose CPUs the trials already hold. Outside any
+    placement group they get one of their own."""
     from ray.util import get_current_placement_group
 
     pg = get_current_placement_group()
     cls = replica_group_class(config)
-    return cls if pg is None else functools.partial(cls, placement=(pg, 1))
+    if pg is None:
+        return cls, "as Ray actors in a placement group of their own"
+    bundles = pg.bundle_specs
+    if len(bundles) > len(layout(config)):
+        return functools.partial(cls, placement=(pg, 1)), "as Ray actors in the trial's bundles"
+    reserved = ", ".join(f"{k}={v:g}" for b in bundles for k, v in sorted(b.items()))
+    return LocalGroup, (
+        f"in the trial's process (its reservation, {reserved}, has no bundle for the "
+        "replicas)"
+    )
 
 
 def _run_here(

@@ -7,6 +7,7 @@ data and loss are the regression example's, named by import path.
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -66,3 +67,47 @@ def test_a_users_tuner_with_asha_stops_the_bad_runs_early(
     assert (best.metrics or {})["center_test_loss"] < 1.0 and (best.config or {})["lr"] >= 0.05
     finished = [m for _, m in trials if m["round"] == 12]  # its last report: the summary
     assert finished and all("ensemble_test_loss" in m for m in finished)
+
+
+def one_run(params: dict[str, Any]) -> None:
+    """The trainable of docs/your-model.md, as a user writes it: fit() with the trial's lr."""
+    import widevalley
+
+    sys.path.insert(0, params["example"])
+    widevalley.fit(
+        Path(params["example"]) / "config.toml", verbose=False,
+        overrides=[f"run.storage={params['storage']}", f"algorithm.lr={params['lr']}",
+                   f"run.name=lr={params['lr']}", "train.rounds=8", "train.eval_every=4",
+                   "algorithm.replicas=2", "algorithm.coupling_period=5"],
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("form", ["dict", "factory", "default"])
+def test_a_trial_reserving_one_bundle_runs_its_replicas_inside_it(
+    tmp_path: Path, example_on_path: None, form: str
+) -> None:
+    """The simplest resource requests give a trial a placement group of one bundle, which
+    the trial's own process holds: the replicas then run inside that reservation (a group
+    of their own would wait forever while two trials hold both CPUs)."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    trainable: Any = {
+        "dict": tune.with_resources(one_run, {"cpu": 1}),
+        "factory": tune.with_resources(one_run, tune.PlacementGroupFactory([{"CPU": 1}])),
+        "default": one_run,
+    }[form]
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"lr": tune.grid_search([0.02, 0.1]), "storage": str(tmp_path / "runs"),
+                     "example": str(EXAMPLE)},
+        tune_config=tune.TuneConfig(scheduler=ASHAScheduler(time_attr="round", max_t=8),
+                                    metric="center_test_loss", mode="min"),
+        run_config=tune.RunConfig(storage_path=str(tmp_path / "tune"), verbose=0),
+    )  # fmt: skip
+    grid = tuner.fit()
+    assert not grid.errors, grid.errors
+    assert [(grid[i].metrics or {})["round"] for i in range(len(grid))] == [8, 8]
+    for lr in (0.02, 0.1):
+        summary = json.loads((tmp_path / "runs" / f"lr={lr}" / "summary.json").read_text())
+        assert summary["rounds"] == 8 and summary["replicas"] == 2
