@@ -126,8 +126,7 @@ def _trial_group(config: Config) -> tuple[Callable[..., Any], str]:
         return functools.partial(cls, placement=(pg, 1)), "as Ray actors in the trial's bundles"
     reserved = ", ".join(f"{k}={v:g}" for b in bundles for k, v in sorted(b.items()))
     return LocalGroup, (
-        f"in the trial's process (its reservation, {reserved}, has no bundle for the "
-        "replicas)"
+        f"in the trial's process (its reservation, {reserved}, has no bundle for the replicas)"
     )
 
 
