@@ -38,6 +38,7 @@ from coordinator.groups import (
     unpack,
 )
 from foundation.config import Config
+from foundation.errors import WideValleyError
 from foundation.ingredients import Ingredients
 from replicas.chain import Chain, Chaining
 from replicas.packed import PackedReplicas
@@ -50,7 +51,7 @@ INLINE_BYTES = 64 * 1024  # below Ray's 100 KiB limit for arguments inlined in t
 Outcome = Any  # a unit's result, or a ReplicaLost
 
 
-class CapacityError(RuntimeError):
+class CapacityError(WideValleyError, RuntimeError):
     """A lost replica could not be started again: no node had room for it in time."""
 
 

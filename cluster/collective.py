@@ -36,9 +36,10 @@ from coordinator.groups import KEPT, ReplicaLost, RoundOutcome, locate, unpack
 from flatmath import coupling
 from flatmath.center import OUTER, CenterRule
 from foundation.config import Config
+from foundation.errors import WideValleyError
 
 
-class CollectiveFailed(RuntimeError):
+class CollectiveFailed(WideValleyError, RuntimeError):
     """The all-reduce itself did not complete (a unit died or hung inside it)."""
 
 

@@ -41,6 +41,7 @@ from coordinator.groups import layout
 from coordinator.report import progress_line
 from coordinator.rundir import RunDir
 from foundation.config import Config
+from foundation.errors import WideValleyError
 from foundation.ingredients import Ingredients
 
 
@@ -131,7 +132,7 @@ def run(
     return summary
 
 
-class CoordinatorError(Exception):
+class CoordinatorError(WideValleyError):
     """An error the Coordinator raised in this process (HostHere), carried as `cause` the
     way Ray's RayTaskError carries an actor's: the command's exit status then depends on
     the error alone, not on where the Coordinator ran (jobs/cli.py). Made by

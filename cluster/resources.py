@@ -23,6 +23,7 @@ from typing import Any
 
 from coordinator.groups import layout
 from foundation.config import Config
+from foundation.errors import WideValleyError
 
 STRATEGIES = {"compact": "PACK", "spread": "SPREAD"}
 # Plain Sequentials that replicas/packed_forward.py steps with batched kernels; other
@@ -30,7 +31,7 @@ STRATEGIES = {"compact": "PACK", "spread": "SPREAD"}
 AUTO_PACKED_ARCHS = ("mlp", "cnn1d")
 
 
-class ResourceError(RuntimeError):
+class ResourceError(WideValleyError, RuntimeError):
     """The cluster cannot hold the replicas this run asks for."""
 
 

@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 
+from foundation.errors import WideValleyError
+
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 STOP_GRACE_S = 2.5  # inside `ray job stop`'s default 3 s before its SIGKILL
 
@@ -29,7 +31,7 @@ def stop_grace_s() -> float:
     return max(1.0, float(wait) - 0.5) if wait and wait.isdigit() else STOP_GRACE_S
 
 
-class RunInterrupted(Exception):
+class RunInterrupted(WideValleyError):
     """The run stopped on a signal after a checkpoint; resubmitting resumes it."""
 
     def __init__(self, signum: int, round_: int | None) -> None:

@@ -20,13 +20,14 @@ from typing import Any
 import torch
 
 from coordinator.rundir import RunDir
+from foundation.errors import WideValleyError
 
 FOLDER = "checkpoints"
 PATTERN = re.compile(r"^round-(\d{6,})$")
 FORMAT = 1
 
 
-class CorruptCheckpoint(ValueError):
+class CorruptCheckpoint(WideValleyError, ValueError):
     pass
 
 

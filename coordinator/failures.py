@@ -17,15 +17,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from coordinator.groups import ReplicaLost, RoundOutcome
+from foundation.errors import WideValleyError
 
 MAX_CONSECUTIVE_FAILURES = 3
 
 
-class DivergenceError(RuntimeError):
+class DivergenceError(WideValleyError, RuntimeError):
     """A replica's loss or weights became NaN or infinite (train.on_divergence = "stop")."""
 
 
-class RunFailed(RuntimeError):
+class RunFailed(WideValleyError, RuntimeError):
     """The run cannot go on: every replica failed in one round, or one keeps failing."""
 
 

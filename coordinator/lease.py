@@ -29,6 +29,7 @@ import time
 import uuid
 from typing import IO, Any
 
+from foundation.errors import WideValleyError
 from foundation.storage import Storage
 
 LEASE_FILE = "lease.json"
@@ -37,11 +38,11 @@ STALE_AFTER_S = 60.0
 SETTLE_S = 1.0
 
 
-class LeaseHeld(RuntimeError):
+class LeaseHeld(WideValleyError, RuntimeError):
     """The run directory is being written by another run (bad input: exit status 2)."""
 
 
-class LeaseLost(RuntimeError):
+class LeaseLost(WideValleyError, RuntimeError):
     """Another run took this run's lease over (this one was paused past STALE_AFTER_S)."""
 
 

@@ -12,9 +12,10 @@ from typing import Any
 
 from flatmath.scoping import Scope
 from foundation.config import Config
+from foundation.errors import WideValleyError
 
 
-class ResumeMismatch(ValueError):
+class ResumeMismatch(WideValleyError, ValueError):
     """The run directory holds a checkpoint of a differently configured run."""
 
 

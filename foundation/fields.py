@@ -14,8 +14,10 @@ from dataclasses import Field, field
 from pathlib import Path
 from typing import Any
 
+from foundation.errors import WideValleyError
 
-class ConfigError(ValueError):
+
+class ConfigError(WideValleyError, ValueError):
     """A bad configuration, said in one line."""
 
 

@@ -14,6 +14,8 @@ import uuid
 
 import pyarrow.fs as pafs
 
+from foundation.errors import WideValleyError
+
 MAX_NAME_BYTES = 200  # under every filesystem's 255-byte limit, with room for suffixes
 
 
@@ -36,7 +38,7 @@ def name_problem(name: str) -> str | None:
     return None
 
 
-class StorageError(OSError):
+class StorageError(WideValleyError, OSError):
     """A write, move or delete in run storage failed (disk full, permission lost, an
     object store that refuses); the message is one line naming the path and the cause."""
 

@@ -14,8 +14,8 @@ Where it runs:
 - otherwise: on the Ray cluster in RAY_ADDRESS, a cluster `ray start` left running on
   this machine, or a private local Ray, exactly as `python -m jobs.train` (the
   Coordinator as an actor on a cluster, in this process on the private Ray; progress
-  lines; SIGTERM stops with a checkpoint). An error while the run trains arrives with
-  the original as its `cause` (Ray's RayTaskError, or cluster.driver.CoordinatorError).
+  lines; SIGTERM stops with a checkpoint).
+Every error it raises is a WideValleyError (widevalley/__init__.py lists the kinds).
 The model, data and loss are checked once before any replica starts (one line naming
 the key, ConfigError).
 """
@@ -36,6 +36,7 @@ from coordinator.groups import LocalGroup, layout
 from coordinator.report import progress_line
 from coordinator.rundir import RunDir
 from foundation.config import Config, to_toml
+from foundation.errors import WideValleyError
 from foundation.ingredients import Ingredients
 from widevalley.parts import ConfigLike, DataLike, as_config, prepare
 from widevalley.result import Result
@@ -78,7 +79,29 @@ def fit(
     allow_changes: config keys a resumed run may change (those PBT perturbs).
     wandb_group: the W&B group of the run (logging.wandb); inside Tune by default the
         experiment's name.
+
+    Every error it raises is a WideValleyError: bad input as its kind (ConfigError,
+    DatasetError, ResourceError, ResumeMismatch, LeaseHeld, …), a run that failed as
+    CoordinatorError (the original as its `cause`, and an instance of the original's
+    class where Python can combine them) or as its own kind (RunFailed, CapacityError, …).
     """
+    try:
+        return _fit(config, overrides, model, model_kwargs, data, data_kwargs, loss, metric,
+                    fresh, local, verbose, tune_checkpoint_every_report, allow_changes,
+                    wandb_group)  # fmt: skip
+    except WideValleyError:
+        raise
+    except Exception as err:  # one root for every failure: WideValleyError, cause kept
+        raise driver.coordinator_error(err) from err
+
+
+def _fit(
+    config: ConfigLike, overrides: Sequence[str], model: Callable[..., nn.Module] | None,
+    model_kwargs: Mapping[str, Any] | None, data: DataLike | None,
+    data_kwargs: Mapping[str, Any] | None, loss: Callable[..., Any] | str | None,
+    metric: Callable[..., Any] | str | None, fresh: bool, local: bool, verbose: bool,
+    tune_checkpoint_every_report: bool, allow_changes: tuple[str, ...], wandb_group: str | None,
+) -> Result:  # fmt: skip
     run_config, parts = prepare(
         as_config(config, overrides), model=model, model_kwargs=model_kwargs, data=data,
         data_kwargs=data_kwargs, loss=loss, metric=metric,

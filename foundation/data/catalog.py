@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from foundation.errors import WideValleyError
 from foundation.names import DATASETS as DATASETS  # the package re-exports it
 
 SPLITS: tuple[str, ...] = ("train", "test")
@@ -33,7 +34,7 @@ NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 NUM_CLASSES = 10  # all four datasets have ten classes
 
 
-class DatasetError(ValueError):
+class DatasetError(WideValleyError, ValueError):
     """A dataset cannot be loaded; the message is one sentence saying what to do."""
 
 
