@@ -27,7 +27,7 @@ from torch import Tensor
 
 from coordinator import checkpoint, report, snapshot
 from coordinator.center import Center, GatheredCenter
-from coordinator.ensemble import annotate, evaluation, headline
+from coordinator.ensemble import annotate, evaluation, headline, headline_value
 from coordinator.failures import MAX_CONSECUTIVE_FAILURES, FailurePolicy
 from coordinator.groups import (
     KEPT,
@@ -232,9 +232,11 @@ class Coordinator:
             "failed": sorted(failed),
         }
         if self.round % self.config.train.eval_every == 0 or self.done:
-            name, _ = headline(self.parts)
-            center = self.evaluate()["center"]
-            progress |= {"headline": name, name: center[name.removeprefix("center_")]}
+            name, _ = headline(self.parts, self.config.algorithm.kind)
+            record = self.evaluate()
+            kind = name.rsplit("_", 1)[1]  # the center's number too: a Tuner may rank by it
+            progress |= {"headline": name, name: headline_value(record, name),
+                         f"center_test_{kind}": record["center"][f"test_{kind}"]}  # fmt: skip
         every = self.config.train.checkpoint_every
         if every and self.round % every == 0 and not self.done:
             self._checkpoint()

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from foundation.config import UNCOUPLED_ALGORITHMS
 from foundation.ingredients import Ingredients
 from foundation.registry import as_float
 
@@ -50,12 +51,27 @@ def ensemble_scores(
     return scores
 
 
-def headline(parts: Ingredients) -> tuple[str, str]:
+def headline(parts: Ingredients, algorithm: str) -> tuple[str, str]:
     """The number a run is ranked by (Tune, sweeps, the comparison) and its direction:
-    the center's test metric (higher is better), or its test loss when it has none."""
+    the test metric (higher is better), or the test loss when it has none, of the center;
+    of the replicas' mean for uncoupled runs (sgd, esgd), whose center nobody trained."""
+    where = "replica_mean" if algorithm in UNCOUPLED_ALGORITHMS else "center"
     if parts.metric_name is None:
-        return "center_test_loss", "min"
-    return f"center_test_{parts.metric_name}", "max"
+        return f"{where}_test_loss", "min"
+    return f"{where}_test_{parts.metric_name}", "max"
+
+
+def replica_mean(record: dict[str, Any], kind: str) -> float:
+    """The replicas' mean test number of `kind` in an evaluation record."""
+    return float(np.mean([r[f"test_{kind}"] for r in record["replicas"]]))
+
+
+def headline_value(record: dict[str, Any], name: str) -> float:
+    """An evaluation record's number named as headline() names it."""
+    where, kind = name.split("_test_")
+    if where == "replica_mean":
+        return replica_mean(record, kind)
+    return float(record["center"][f"test_{kind}"])
 
 
 def annotate(rows: list[dict[str, Any]], record: dict[str, Any]) -> None:

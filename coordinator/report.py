@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from coordinator.ensemble import EVAL_KINDS, headline
-from foundation.config import ENTROPY_ALGORITHMS, Config
+from coordinator.ensemble import EVAL_KINDS, headline, replica_mean
+from foundation.config import ENTROPY_ALGORITHMS, UNCOUPLED_ALGORITHMS, Config
 from foundation.ingredients import Ingredients
 
 
@@ -30,6 +30,12 @@ def gradient_evaluations(config: Config, rounds: int) -> int:
     return rounds * algo.coupling_period * inner
 
 
+UNTRAINED_CENTER = (
+    "the replicas trained independently (no coupling): the center is the mean of their "
+    "weights, a model no step trained; the run is ranked by the replicas' mean"
+)
+
+
 def summary(
     config: Config,
     rounds: int,
@@ -43,7 +49,7 @@ def summary(
     Always the losses; the accuracy (or a user metric) only when the run has one;
     `headline` names the number the run is ranked by, `headline_mode` its direction."""
     distances = [r["distance_to_center"] for r in final_rows if r["distance_to_center"] is not None]
-    name, mode = headline(parts)
+    name, mode = headline(parts, config.algorithm.kind)
     out: dict[str, Any] = {
         "run": config.run.name,
         "algorithm": config.algorithm.kind,
@@ -63,6 +69,9 @@ def summary(
         out[f"replica_test_{kind}"] = [r[f"test_{kind}"] for r in last["replicas"]]
         out[f"replica_train_{kind}"] = [r[f"train_{kind}"] for r in last["replicas"]]
         out[f"ensemble_test_{kind}"] = last[f"ensemble_test_{kind}"]
+        out[f"replica_mean_test_{kind}"] = replica_mean(last, kind)
+    if config.algorithm.kind in UNCOUPLED_ALGORITHMS:
+        out["center_note"] = UNTRAINED_CENTER
     return out
 
 
@@ -105,8 +114,8 @@ def progress_line(p: dict[str, Any], rounds: int) -> str:
         f"dist {p['mean_distance']:.4g}  {p['seconds'] * 1000:.0f} ms"
     )
     if "headline" in p:
-        kind = p["headline"].rsplit("_", 1)[1]
-        line += f"  center test {LABELS[kind]} {p[p['headline']]:.4f}"
+        where, kind = p["headline"].split("_test_")
+        line += f"  {where.replace('_', ' ')} test {LABELS[kind]} {p[p['headline']]:.4f}"
     if p.get("failed"):
         line += f"  replicas {p['failed']} failed and restarted from the center"
     if p.get("checkpoint"):
@@ -119,7 +128,9 @@ def summary_table(s: dict[str, Any], run_dir: str) -> str:
     ensemble and each replica, then the run's identity."""
     kind = s["headline"].rsplit("_", 1)[1]
     test, train = s[f"replica_test_{kind}"], s[f"replica_train_{kind}"]
-    rows = [("center", s[f"center_test_{kind}"], s[f"center_train_{kind}"])]
+    untrained = "center_note" in s
+    center = "center (untrained: see below)" if untrained else "center"
+    rows = [(center, s[f"center_test_{kind}"], s[f"center_train_{kind}"])]
     rows.append(("ensemble (outputs averaged)", s[f"ensemble_test_{kind}"], None))
     rows += [(f"replica {a}", te, tr) for a, (te, tr) in enumerate(zip(test, train, strict=True))]
     rows.append(("replica mean", sum(test) / len(test), None))
@@ -132,6 +143,8 @@ def summary_table(s: dict[str, Any], run_dir: str) -> str:
         f"{s['gradient_evaluations_per_replica']} gradient evaluations per replica · "
         f"{s['wall_seconds']:.1f} s"
     )
+    if untrained:
+        lines.append(f"note: {s['center_note']}")
     lines.append(f"center_sha256 {s['center_sha256']}")
     lines.append(f"run directory {run_dir}")
     return "\n".join(lines)

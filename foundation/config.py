@@ -30,6 +30,9 @@ from foundation.storage import name_problem
 
 ALGORITHMS: tuple[str, ...] = ("sgd", "rsgd", "esgd", "parle", "easgd", "diloco", "localsgd")
 ENTROPY_ALGORITHMS: tuple[str, ...] = ("esgd", "parle")
+UNCOUPLED_ALGORITHMS: tuple[str, ...] = ("sgd", "esgd")
+"""y independent runs: their center is the mean of weights no step pulled together, a
+model nobody trained, so they are judged by the mean of their replicas."""
 
 
 @dataclass(kw_only=True)

@@ -45,7 +45,8 @@ class Result:
     @property
     def headline(self) -> float:
         """The number this run is ranked by (summary["headline"]: the center's test
-        accuracy or metric, or its test loss when it has none)."""
+        accuracy or metric, or its test loss when it has none; the replicas' mean
+        instead of the center's for uncoupled runs, sgd and esgd)."""
         return float(self.summary[self.summary["headline"]])
 
     def model(self) -> nn.Module:

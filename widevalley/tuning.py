@@ -24,7 +24,8 @@ from coordinator.coordinator import Coordinator
 from coordinator.rundir import METRICS, RunDir
 
 REPORTED = ("round", "mean_loss", "mean_distance", "gamma")
-"""Reported at every evaluation, beside the headline number (and center_test_loss)."""
+"""Reported at every evaluation, beside the headline number and the center's number of
+the same kind (the same key unless the run is uncoupled: sgd, esgd)."""
 
 
 def current_trial() -> str | None:
@@ -134,7 +135,8 @@ class TrialReporter:
         if not self.restored:
             self.restored = lineage(coordinator.run)
         name = progress["headline"]
-        metrics = {k: progress[k] for k in (*REPORTED, name)} | self.restored
+        center = f"center_test_{name.rsplit('_', 1)[1]}"  # the same as the headline, or beside it
+        metrics = {k: progress[k] for k in (*REPORTED, name, center)} | self.restored
         checkpointed = bool(progress.get("checkpoint"))
         if not (self.every_report or checkpointed):
             tune.report(metrics)
@@ -152,7 +154,7 @@ class TrialReporter:
 
         last = [r["train_loss"] for r in coordinator.rows if r["round"] == coordinator.round]
         losses = [loss for loss in last if loss is not None]
-        tests = ("center_test", "ensemble_test")
+        tests = ("center_test", "ensemble_test", "replica_mean_test")
         numbers = {k: v for k, v in summary.items() if k.startswith(tests)}
         tune.report({
             "round": summary["rounds"],

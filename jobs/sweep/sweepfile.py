@@ -12,7 +12,14 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from foundation.config import Config, ConfigError, load_config, parse_value, to_dict
+from foundation.config import (
+    UNCOUPLED_ALGORITHMS,
+    Config,
+    ConfigError,
+    load_config,
+    parse_value,
+    to_dict,
+)
 from foundation.fields import checked_value, knob, read_toml
 from foundation.ingredients import metric_kind
 from foundation.storage import name_problem
@@ -20,7 +27,8 @@ from jobs import CONFIG_DIR
 from jobs.sweep.space import Distribution, SweepError, parse_space, raw, unknown_key
 
 METRICS = {"center_test_accuracy": "max", "center_test_metric": "max", "center_test_loss": "min",
-           "mean_loss": "min", "mean_distance": "min"}  # fmt: skip
+           "replica_mean_test_accuracy": "max", "replica_mean_test_metric": "max",
+           "replica_mean_test_loss": "min", "mean_loss": "min", "mean_distance": "min"}  # fmt: skip
 # What a run can take over from another run's checkpoint (Coordinator allow_changes):
 # the only keys PBT perturbs during a run.
 PBT_MUTABLE = ("algorithm.lr", "scoping.gamma0")
@@ -50,8 +58,10 @@ class PbtConfig:
 class SweepConfig:
     name: str = knob("sweep")
     """Sweep name; the sweep directory is <run.storage>/<name>."""
-    metric: str = knob("center_test_accuracy", choices=tuple(METRICS))
-    """Reported metric the schedulers and the best trial are judged by."""
+    metric: str = knob("headline", choices=("headline", *METRICS))
+    """Reported metric the schedulers and the best trial are judged by; headline: the
+    number the runs are ranked by (summary.json `headline`: the center's test accuracy,
+    metric or loss; the replicas' mean for uncoupled runs, sgd and esgd)."""
     mode: str = knob("auto", choices=("auto", "max", "min"))
     """max or min; auto = max for accuracies, min for losses and distances."""
     num_samples: int = knob(1, lo=1, hi=100_000)
@@ -187,11 +197,14 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     space_table = sweep_table.pop("space", None)
     sweep = SweepConfig()
     _fill(sweep, sweep_table, "sweep")
+    space = parse_space(space_table, base)
+    if sweep.metric == "headline":
+        sweep.metric = _headline_of(base, space)
     _check_metric_is_reported(sweep.metric, base)
     problem = name_problem(sweep.name)
     if problem is not None:  # the sweep directory is <run.storage>/<sweep.name>
         raise SweepError(f"sweep.name = {sweep.name!r} {problem}: it must be a plain name")
-    result = Sweep(sweep=sweep, base=base, space=parse_space(space_table, base), source=str(path))
+    result = Sweep(sweep=sweep, base=base, space=space, source=str(path))
     if sweep.scheduler == "pbt" and not result.mutable:
         raise SweepError(
             f"sweep.scheduler = pbt perturbs {' or '.join(PBT_MUTABLE)} during a run: "
@@ -200,10 +213,27 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     return result
 
 
+def _headline_of(base: Config, space: dict[str, Distribution]) -> str:
+    """sweep.metric = headline: the name the runs' summary.json gives their headline."""
+    kinds = {base.algorithm.kind}
+    if "algorithm.kind" in space:
+        kinds = {str(v) for v in space["algorithm.kind"].values}
+    coupled = {k not in UNCOUPLED_ALGORITHMS for k in kinds}
+    if len(coupled) > 1:
+        raise SweepError(
+            f"sweep.metric = headline: the space's algorithms {sorted(kinds)} rank by "
+            "different numbers (uncoupled runs by their replicas' mean, the others by "
+            "their center); name one, e.g. sweep.metric = center_test_accuracy"
+        )
+    kind = metric_kind(base.train.metric, base.train.loss) or "loss"
+    where = "center" if coupled.pop() else "replica_mean"
+    return f"{where}_test_{kind}"
+
+
 def _check_metric_is_reported(metric: str, base: Config) -> None:
     """A metric the runs never report would rank every trial as missing."""
     kind = metric_kind(base.train.metric, base.train.loss)
-    wanted = metric.removeprefix("center_test_")
+    wanted = metric.removeprefix("center_test_").removeprefix("replica_mean_test_")
     if wanted in ("accuracy", "metric") and wanted != kind:
         reported = f"center_test_{kind}" if kind else "center_test_loss (no metric)"
         raise SweepError(

@@ -60,7 +60,7 @@ class Net(nn.Module):
 
 
 def test_bad_input_is_caught_as_a_wide_valley_error(tmp_path: Path) -> None:
-    with pytest.raises(WideValleyError, match="algorithm.replicas"):
+    with pytest.raises(WideValleyError, match=r"algorithm\.replicas"):
         widevalley.fit(overrides=small(tmp_path, "algorithm.replicas=0"), model=Net, data=data,
                        local=True, verbose=False)  # fmt: skip
 

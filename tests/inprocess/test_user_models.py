@@ -19,6 +19,7 @@ import widevalley
 from cluster.validate import check_parts
 from coordinator.coordinator import Coordinator
 from coordinator.groups import LocalGroup
+from foundation.config import UNCOUPLED_ALGORITHMS
 from foundation.fields import ConfigError
 from foundation.ingredients import Ingredients
 
@@ -57,10 +58,12 @@ def test_the_regression_project_trains_with_every_algorithm(algorithm: str, tmp_
         overrides=small(tmp_path, algorithm, *ALGORITHMS[algorithm]),
     )  # fmt: skip
     s = result.summary
-    assert s["headline"] == "center_test_loss" and s["headline_mode"] == "min"
+    where = "replica_mean" if algorithm in UNCOUPLED_ALGORITHMS else "center"
+    assert s["headline"] == f"{where}_test_loss" and s["headline_mode"] == "min"
     assert not any("accuracy" in key for key in s), "no accuracy is invented for regression"
     assert 0 < s["center_test_loss"] < 10 and len(s["replica_test_loss"]) == 2
-    assert result.metrics.num_rows == 4 and result.headline == s["center_test_loss"]
+    assert s["replica_mean_test_loss"] == pytest.approx(sum(s["replica_test_loss"]) / 2)
+    assert result.metrics.num_rows == 4 and result.headline == s[f"{where}_test_loss"]
     x = torch.randn(3, 8)
     assert result.model()(x).shape == (3,)
 
@@ -73,7 +76,9 @@ def test_the_gru_project_trains_with_every_algorithm(algorithm: str, tmp_path: P
                         "data.kwargs={train_size = 400, step = 8}", "model.kwargs={hidden = 8}"),
     )  # fmt: skip
     s = result.summary
-    assert s["headline"] == "center_test_accuracy"
+    where = "replica_mean" if algorithm in UNCOUPLED_ALGORITHMS else "center"
+    assert s["headline"] == f"{where}_test_accuracy"
+    assert ("center_note" in s) == (algorithm in UNCOUPLED_ALGORITHMS)
     assert 0 <= s["center_test_accuracy"] <= 1 and "center_test_loss" in s
     assert set(result.center_state_dict) >= {"gru.weight_ih_l0", "head.weight"}
 

@@ -107,7 +107,12 @@ def test_a_trial_reserving_one_bundle_runs_its_replicas_inside_it(
     )  # fmt: skip
     grid = tuner.fit()
     assert not grid.errors, grid.errors
-    assert [(grid[i].metrics or {})["round"] for i in range(len(grid))] == [8, 8]
-    for lr in (0.02, 0.1):
+    # ASHA (max_t 8, rungs at 1 and 4) may stop the worse trial at a rung; none fails.
+    last = {(grid[i].config or {})["lr"]: grid[i].metrics or {} for i in range(len(grid))}
+    assert {lr: m["round"] in (1, 4, 8) for lr, m in last.items()} == {0.02: True, 0.1: True}
+    finished = [lr for lr, m in last.items() if m["round"] == 8]
+    assert finished, last
+    for lr in finished:  # the last report carries the summary's numbers
+        assert "replica_mean_test_loss" in last[lr]
         summary = json.loads((tmp_path / "runs" / f"lr={lr}" / "summary.json").read_text())
         assert summary["rounds"] == 8 and summary["replicas"] == 2
