@@ -32,6 +32,7 @@ from coordinator.groups import (
     ReplicaLost,
     ReplicasLost,
     RoundOutcome,
+    StartLoss,
     as_list,
     layout,
     locate,
@@ -106,17 +107,36 @@ class RayReplicaGroup:
         else:
             (self.pg, self.first_bundle), self.owns_pg = placement, False
         self.actors: list[Any] = []
-        self.nodes: list[str] = []
+        self.nodes: list[str] = [""] * len(self.units_of)
         self.lost: set[int] = set()  # units whose actor is gone
+        self.start_losses: list[StartLoss] = []
+        self.given: dict[int, dict[int, dict[str, Any]]] = {}  # see replace()
         try:
             ray.get(self.pg.ready(), timeout=STARTUP_TIMEOUT_S)
             self.actors = [self._start(u) for u in range(len(self.units_of))]
-            sizes = ray.get([a.ready.remote() for a in self.actors], timeout=STARTUP_TIMEOUT_S)
-            self.nodes = ray.get([a.node_id.remote() for a in self.actors])
+            sizes = self._await_start()
         except BaseException:
             self.shutdown()
             raise
-        self.size, self.num_params = config.algorithm.replicas, int(sizes[0])
+        self.size, self.num_params = config.algorithm.replicas, sizes[0]
+
+    def _await_start(self) -> list[int]:
+        """Every unit's size once it runs. A unit that dies while starting (its node lost,
+        its process killed) is started again in its bundle, as a lost replica is, and
+        noted in start_losses: a node may die at any moment, also this one."""
+        refs = [a.ready.remote() for a in self.actors]
+        ray.wait(refs, num_returns=len(refs), timeout=STARTUP_TIMEOUT_S)
+        sizes = []
+        for u, ref in enumerate(refs):
+            try:  # a unit still starting after the wait is a timeout, as before
+                sizes.append(int(ray.get(ref, timeout=0)))
+                self.nodes[u] = ray.get(self.actors[u].node_id.remote(), timeout=STARTUP_TIMEOUT_S)
+            except ray.exceptions.RayActorError as err:
+                ray.kill(self.actors[u])
+                reason = f"lost while starting: actor died ({type(err).__name__})"
+                sizes.append(self._restart_unit(u))
+                self.start_losses.append(StartLoss(self.units_of[u], reason, self.nodes[u]))
+        return sizes
 
     def _start(self, u: int) -> Any:
         bundle = self.pg.bundle_specs[self.first_bundle + u]
@@ -178,6 +198,7 @@ class RayReplicaGroup:
     # ---- the ReplicaGroup interface --------------------------------------------------
 
     def run_round(self, center: np.ndarray | None, gamma: float, rho: float) -> list[RoundOutcome]:
+        self.given.clear()  # the states replace() loaded are the units' own from here on
         shared = self._share(center)
         outcomes = self._call(
             lambda u, a: a.round.remote(shared, gamma, rho), self.config.train.round_timeout_s
@@ -195,6 +216,7 @@ class RayReplicaGroup:
     def run_rounds(
         self, center: dict[str, Any], plan: list[tuple[float, float]], budget_s: float
     ) -> Chain | ReplicaLost:
+        self.given.clear()
         # The chain ends with the first round past the budget: allow one round beyond it.
         timeout = budget_s + self.config.train.round_timeout_s
         [outcome] = self._call(lambda u, a: a.rounds.remote(center, plan, budget_s), timeout)
@@ -240,18 +262,39 @@ class RayReplicaGroup:
         self._all_or_raise(self._call(load, STARTUP_TIMEOUT_S))
 
     def replace(self, index: int, state: dict[str, Any]) -> None:
+        """Load `state` into replica `index`, its unit started anew first if lost. A unit
+        that dies while it loads (its new node lost too) is started again and given every
+        state handed to it since the last round: the members of a packed unit come one
+        call each, and a new actor has lost what the earlier calls loaded."""
         u, row = locate(index, self.config.resources.per_actor())
         if u in self.lost:  # its bundle is free again (Ray moves it off a lost node)
             self._restart_unit(u)
+            self.given[u] = {}
+        mine = self.given.setdefault(u, {})
+        mine[row] = state
+        timeout = self.config.resources.restart_timeout_s
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._load(u, mine if self.packed else {row: state})
+                return
+            except ray.exceptions.RayActorError:
+                if time.monotonic() >= deadline:
+                    raise self._no_room(u, timeout) from None
+                ray.kill(self.actors[u])
+                self._restart_unit(u)
+
+    def _load(self, u: int, states: dict[int, dict[str, Any]]) -> None:
         actor = self.actors[u]
-        ref = (
+        refs = [
             actor.load_member_state.remote(row, state)
             if self.packed
             else actor.load_state_dict.remote(state)
-        )
-        ray.get(ref, timeout=STARTUP_TIMEOUT_S)
+            for row, state in states.items()
+        ]
+        ray.get(refs, timeout=STARTUP_TIMEOUT_S)
 
-    def _restart_unit(self, u: int) -> None:
+    def _restart_unit(self, u: int) -> int:
         """A new actor for unit u in its bundle. Right after a node dies Ray may still
         place the bundle, and so the new actor, on that node (until the node is marked
         dead and the bundle moves): such an actor dies before it runs, and is started
@@ -262,7 +305,7 @@ class RayReplicaGroup:
             self.actors[u] = self._start(u)
             try:
                 left = max(0.0, deadline - time.monotonic())
-                ray.get(self.actors[u].ready.remote(), timeout=left)
+                size = int(ray.get(self.actors[u].ready.remote(), timeout=left))
                 self.nodes[u] = ray.get(self.actors[u].node_id.remote(), timeout=left or None)
                 break
             except ray.exceptions.RayActorError:  # placed on the dying node
@@ -273,6 +316,7 @@ class RayReplicaGroup:
                 ray.kill(self.actors[u])
                 raise self._no_room(u, timeout) from None
         self.lost.discard(u)
+        return size
 
     def _no_room(self, u: int, timeout: float) -> CapacityError:
         return CapacityError(

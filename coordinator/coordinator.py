@@ -85,6 +85,10 @@ class Coordinator:
             self.run.clear()
         self.gamma, self.rho = make_scopes(config)
         self.group = group_factory(config)
+        for loss in self.group.start_losses:  # started again: nothing to restore yet
+            for a in loss.replicas:
+                self.run.event("replica_restarted", round=0, replica=a, reason=loss.reason,
+                               node="", now_on=loss.now_on, lr_scale=1.0)  # fmt: skip
         self.round = 0
         algo = config.algorithm
         # The units keep the center themselves with the collective transport.

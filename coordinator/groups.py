@@ -30,6 +30,16 @@ class ReplicaLost:
     """The node the replica ran on, when the group knows it (a lost node loses them all)."""
 
 
+@dataclass(frozen=True)
+class StartLoss:
+    """Replicas whose unit died while the group started, and was started again."""
+
+    replicas: list[int]
+    reason: str
+    now_on: str = ""
+    """The node the unit runs on now."""
+
+
 class ReplicasLost(RuntimeError):
     """Replicas were lost during a call other than a round (an evaluation, a checkpoint):
     the Coordinator restarts them from the center and makes the call again."""
@@ -49,6 +59,8 @@ rounds a chain formed itself)."""
 class ReplicaGroup(Protocol):
     size: int
     num_params: int
+    start_losses: list[StartLoss]
+    """Units lost while the group started (and started again), for the run's events."""
 
     def run_round(
         self, center: np.ndarray | None, gamma: float, rho: float
@@ -128,6 +140,7 @@ class LocalGroup:
         self.size = config.algorithm.replicas
         self.num_params = self.units[0].num_params
         self.lost_units: set[int] = set()
+        self.start_losses: list[StartLoss] = []
 
     def _new_unit(self, u: int) -> Any:
         if self.packed:
