@@ -195,3 +195,38 @@ def local_cluster(
             stop_session(sid)
         for path in node_dirs:
             shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def extra_node(cluster: LocalCluster, cpus: int = 2) -> Iterator[int]:
+    """One more worker node (a raylet of its own, its own short temp dir: Ray's socket
+    paths must fit in 107 bytes) in `cluster`; yields its `ray start` session id
+    (stop_session() loses the node); stopped, if still alive, and removed afterwards."""
+    node_dir = Path(tempfile.mkdtemp(prefix="wvx", dir="/tmp"))
+    try:
+        sid, _ = ray_start(
+            f"--address={cluster.gcs}", "--node-ip-address=127.0.0.1", f"--num-cpus={cpus}",
+            "--object-store-memory=100000000", *node_ports(), f"--temp-dir={node_dir}",
+            "--disable-usage-stats", env=cluster.env,
+        )  # fmt: skip
+        try:
+            yield sid
+        finally:
+            stop_session(sid)
+    finally:
+        shutil.rmtree(node_dir, ignore_errors=True)
+
+
+def replica_title_on(sid: int) -> str:
+    """The process title of a replica actor among the processes of one `ray start`
+    session ("" if none yet). Ray names an actor's worker `ray::Replica.__init__` while its
+    constructor runs and `ray::Replica` after: read from /proc, so a test can act within
+    the moment (`ray list actors` takes a second and shows a node only once ALIVE)."""
+    for pid in session_processes(sid):
+        try:
+            title = (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0")[0]
+        except OSError:
+            continue
+        if title.startswith((b"ray::Replica", b"ray::PackedReplicas")):
+            return title.decode(errors="replace").strip()
+    return ""

@@ -22,7 +22,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from foundation.config import load_config
-from tests.support import LocalCluster, RayCli, local_cluster, raylet_node_id, stop_session
+from tests.support import (
+    LocalCluster,
+    RayCli,
+    extra_node,
+    local_cluster,
+    raylet_node_id,
+    replica_title_on,
+    stop_session,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
@@ -101,6 +109,47 @@ def test_a_submitted_sweep_runs_its_trials_as_tune_actors_on_the_cluster(
     classes = [a["class_name"] for a in json.loads(listed.stdout)]
     assert classes.count("ImplicitFunc") == 4, classes
     assert classes.count("Replica") == 8, classes
+
+
+def test_a_node_lost_while_the_replicas_start_is_survived(
+    cluster: LocalCluster, ray_cli: RayCli, tmp_path: Path
+) -> None:
+    """The operator's report: a node lost while the replica group starts ended the job
+    (ActorDiedError, "The actor never ran"). A node of its own joins for this test and is
+    SIGKILLed while its replica's constructor runs; the job ends SUCCEEDED, the replica
+    started again elsewhere, logged at round 0, before the run's `start`."""
+    with extra_node(cluster) as victim:
+        killed_at, title, job = _kill_while_starting(cluster, ray_cli, tmp_path, victim)
+    logs = ray_cli("job", "logs", "--follow", f"--address={cluster.dashboard}", job,
+                   env=cluster.env, timeout=400)  # fmt: skip
+    status = ray_cli("job", "status", f"--address={cluster.dashboard}", job, env=cluster.env)
+    output = logs.stdout + logs.stderr
+    assert f"Job '{job}' succeeded" in status.stdout + status.stderr, output + status.stdout
+    seen = events(tmp_path / "runs" / "smoke")
+    start = next(float(e["time"]) for e in seen if e["event"] == "start")
+    assert killed_at < start, f"killed after the start ({title}): no start-up was tested"
+    restarts = [e for e in seen if e["event"] == "replica_restarted"]
+    assert [e["round"] for e in restarts] == [0], restarts
+    assert restarts[0]["reason"].startswith("lost while starting"), restarts
+
+
+def _kill_while_starting(
+    cluster: LocalCluster, ray_cli: RayCli, tmp_path: Path, victim: int
+) -> tuple[float, str, str]:
+    """Submit a spread run and SIGKILL the victim node once a replica runs there."""
+    storage = tmp_path / "runs"
+    sets = [f"run.storage={storage}", f"data.root={tmp_path / 'data'}", "algorithm.replicas=4",
+            "resources.placement=spread", "resources.cpus_per_replica=0.5",
+            "resources.replicas_per_actor=1", "train.rounds=40"]  # fmt: skip
+    job = submit(cluster, ray_cli, "python", "-m", "jobs.train", "--config",
+                 "jobs/configs/smoke.toml", *[a for s in sets for a in ("--set", s)])  # fmt: skip
+    deadline = time.monotonic() + 180
+    while not (title := replica_title_on(victim)):
+        assert time.monotonic() < deadline, "no replica was placed on the new node"
+        time.sleep(0.05)
+    killed_at = time.time()
+    stop_session(victim, signals=(signal.SIGKILL,))
+    return killed_at, title, job
 
 
 def test_a_spread_run_survives_losing_a_worker_node(
