@@ -60,9 +60,11 @@ TMP_MARK = ".tmp-"  # temporary names: a file's `<name>.tmp-<id>`, a checkpoint'
 class Storage:
     def __init__(self, uri: str) -> None:
         self.uri = uri
-        self.is_local = "://" not in uri
+        # file:///path is a local path too: folders must be made, renames are atomic.
+        self.is_local = "://" not in uri or uri.startswith("file://")
         if self.is_local:
-            self.fs, self.root = local_filesystem(), os.path.abspath(uri)
+            path = uri.removeprefix("file://")
+            self.fs, self.root = local_filesystem(), os.path.abspath(path)
         else:
             try:
                 self.fs, self.root = pafs.FileSystem.from_uri(uri)

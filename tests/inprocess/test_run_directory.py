@@ -80,6 +80,16 @@ def test_fresh_deletes_only_what_a_run_wrote(make_config: ConfigFactory, tmp_pat
     assert (run / "notes.txt").read_text() == "the user's own file" and (run / "analysis").is_dir()
 
 
+def test_a_file_uri_is_a_local_directory(make_config: ConfigFactory, tmp_path: Path) -> None:
+    """run.storage = file:///… failed every run at its first event (no folder made)."""
+    config = make_config(f"run.storage=file://{tmp_path / 'by-uri'}", name="uri")
+    summary = finish(Coordinator(config, LocalGroup))
+    run = tmp_path / "by-uri" / "uri"
+    assert summary["rounds"] == 4 and (run / "summary.json").is_file()
+    assert [json.loads(line)["event"] for line in (run / "events.jsonl").read_text().splitlines()]
+    assert checkpoint.rounds(RunDir(config.run.storage, "uri")) == [4]
+
+
 # ---- 2. one writer at a time ---------------------------------------------------------
 
 
