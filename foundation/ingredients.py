@@ -177,6 +177,11 @@ def check(parts: Ingredients, config: Config) -> Dataset:
         f"model.arch = {arch!r} cannot take a batch of data.dataset (inputs "
         f"{tuple(x.shape)} {x.dtype})", lambda: model(x)
     )  # fmt: skip
+    if not isinstance(outputs, torch.Tensor):  # a tuple, a dict: the replicas average tensors
+        raise ConfigError(
+            f"model.arch = {arch!r} returned a {type(outputs).__name__}: its forward must "
+            "return one tensor of outputs (the loss, the ensemble and packing take that)"
+        )
     value = _checked_call(
         f"train.loss = {loss_name!r} failed on outputs {tuple(outputs.shape)} and targets "
         f"{tuple(y.shape)} {y.dtype}", lambda: parts.loss(outputs, y)

@@ -52,3 +52,14 @@ def raising_loss(outputs: Tensor, targets: Tensor) -> Tensor:
     """A loss that fails in the replicas (for driver.run called without the input checks,
     tests/localray/test_coordinator_here.py)."""
     raise ValueError("the loss refuses")
+
+
+class TupleModel(nn.Module):
+    """Returns (logits, features), as many models do: Wide Valley needs one tensor."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(input_shape[0], num_classes)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.linear(x), x

@@ -96,3 +96,15 @@ def test_an_unexpected_error_arrives_as_a_coordinator_error_with_its_cause(
                        local=True, verbose=False)  # fmt: skip
     assert isinstance(caught.value, widevalley.CoordinatorError)
     assert isinstance(caught.value, KeyError) and isinstance(caught.value.cause, KeyError)
+
+
+class DictModel(Net):
+    def forward(self, x: Tensor) -> dict[str, Tensor]:  # type: ignore[override]
+        return {"logits": self.layers(x)}
+
+
+def test_a_model_returning_a_dict_is_one_line_of_bad_input(tmp_path: Path) -> None:
+    """It was a raw AttributeError (the check read .shape while building its message)."""
+    with pytest.raises(widevalley.ConfigError, match="returned a dict: its forward must"):
+        widevalley.fit(overrides=small(tmp_path), model=DictModel, data=data, local=True,
+                       verbose=False)  # fmt: skip
