@@ -6,8 +6,9 @@ group: every .remote() first, then one wait over all of them with a timeout; if
 startup fails, whatever was started is killed before the error goes up.
 
 Every call to the units (a round, an evaluation, the states for a checkpoint, loading
-states, the center's state) treats a dead actor, a lost node and a unit past the
-timeout the same way: the unit is killed and counted lost. A round reports its lost
+states, the center's state) treats a dead actor, a lost node, a unit past the timeout
+and an exception in the replica's code (the user's model, loss, data) the same way:
+the unit is killed and counted lost. A round reports its lost
 replicas as ReplicaLost outcomes; any other call raises ReplicasLost, and the
 Coordinator restarts those replicas from the center and calls again. A restarted unit
 goes into its placement-group bundle, which Ray moves to a surviving node when its node
@@ -171,6 +172,11 @@ class RayReplicaGroup:
                 out.append(ray.get(ref))
             except ray.exceptions.RayActorError as err:  # dead actor, lost node, unavailable
                 out.append(self._lose(u, f"actor died ({type(err).__name__})"))
+            except ray.exceptions.RayTaskError as err:  # the replica's code raised
+                # A fresh actor from the center, as for a dead one: the raising one may
+                # hold half-stepped weights. One that raises every time stops the run
+                # after MAX_CONSECUTIVE_FAILURES rounds (coordinator/failures.py).
+                out.append(self._lose(u, f"raised {_summary(err)}"))
         return out
 
     def _lose(self, u: int, reason: str) -> ReplicaLost:
@@ -339,6 +345,14 @@ class RayReplicaGroup:
         if self.owns_pg:  # once: a second shutdown finds the group already gone
             self.owns_pg = False
             remove_placement_group(self.pg)
+
+
+def _summary(err: ray.exceptions.RayTaskError) -> str:
+    """What a replica raised, in one line: its class and the first line of its message
+    (Ray's own text carries the remote traceback)."""
+    cause = err.cause if err.cause is not None else err
+    first = (str(cause).strip().splitlines() or [""])[0]
+    return f"{type(cause).__name__}: {first}"[:300]
 
 
 def _node_alive(node_id: str) -> bool:
