@@ -62,7 +62,17 @@ def rounds(run: RunDir) -> list[int]:
     return sorted(int(m.group(1)) for n in names if (m := PATTERN.match(n)))
 
 
-def load(run: RunDir, round_: int) -> dict[str, Any]:
+def verified(run: RunDir, round_: int) -> bool:
+    """Whether the checkpoint of `round_` exists whole: its manifest describes it and
+    state.pt has the manifest's sha256 (a killed writer or a damaged disk leaves less)."""
+    try:
+        _verified_payload(run, round_)
+    except CorruptCheckpoint:
+        return False
+    return True
+
+
+def _verified_payload(run: RunDir, round_: int) -> bytes:
     store = run.storage.child(FOLDER, folder_name(round_))
     try:
         manifest = json.loads(store.read_bytes("manifest.json"))
@@ -73,6 +83,11 @@ def load(run: RunDir, round_: int) -> dict[str, Any]:
         raise CorruptCheckpoint(f"manifest does not describe round {round_}: {manifest}")
     if hashlib.sha256(payload).hexdigest() != manifest.get("sha256"):
         raise CorruptCheckpoint("state.pt does not match the sha256 in its manifest")
+    return payload
+
+
+def load(run: RunDir, round_: int) -> dict[str, Any]:
+    payload = _verified_payload(run, round_)
     try:
         state: dict[str, Any] = torch.load(io.BytesIO(payload), weights_only=True)
     except Exception as err:  # torch raises several types for a bad archive

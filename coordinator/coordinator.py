@@ -28,7 +28,7 @@ from torch import Tensor
 from coordinator import checkpoint, report, snapshot
 from coordinator.center import Center, GatheredCenter
 from coordinator.ensemble import annotate, evaluation, headline, headline_value
-from coordinator.failures import MAX_CONSECUTIVE_FAILURES, FailurePolicy
+from coordinator.failures import MAX_CONSECUTIVE_FAILURES, FailurePolicy, RunFailed
 from coordinator.groups import (
     KEPT,
     ReplicaGroup,
@@ -105,6 +105,8 @@ class Coordinator:
         if leftovers:
             self.run.event("leftovers_removed", names=leftovers)
         self.resumed_from = snapshot.restore(self)
+        for record in self.run.aside:  # damaged records found while resuming
+            self.run.event("record_set_aside", **record)
         if self.resumed_from is None:
             if self.rule.starts_from_initial_weights:  # θ0: the replicas' common init
                 self.rule.start(torch.as_tensor(self.group.states()[0]["flat"]))
@@ -293,7 +295,7 @@ class Coordinator:
         """A polite stop (SIGTERM or SIGINT at the driver): checkpoint the rounds done,
         log `stopped`, give the run directory back. Returns the round checkpointed."""
         try:
-            if self.round > 0 and self.round not in checkpoint.rounds(self.run):
+            if self.round > 0 and not checkpoint.verified(self.run, self.round):
                 self._checkpoint()
             self.run.event("stopped", reason=reason, round=self.round)
         finally:
@@ -317,7 +319,10 @@ class Coordinator:
             except ReplicasLost as lost:
                 for a, why in lost.lost.items():
                     self._restart(self.round, a, f"lost: {why.reason}")
-        return call()
+        try:
+            return call()
+        except ReplicasLost as lost:  # lost every time: stop, metrics and events kept
+            self._stop(RunFailed(f"{lost} (after {MAX_CONSECUTIVE_FAILURES} restarts)"))
 
     # ---- evaluation, checkpoints, the end ----------------------------------------
 
@@ -358,7 +363,7 @@ class Coordinator:
         last = self.evaluations[-1] if self.evaluations else None
         if last is None or last["round"] != self.round:
             last = self.evaluate()
-        if self.round not in checkpoint.rounds(self.run):
+        if not checkpoint.verified(self.run, self.round):  # missing, or broken: repaired
             self._checkpoint()
         if self.center is None:
             raise RuntimeError("no round has run")

@@ -34,6 +34,9 @@ weights_only=True), BatchNorm statistics recomputed as they were evaluated."""
 # Everything a run writes here, and so everything --fresh may delete (nothing else).
 WRITTEN_FILES = (METRICS, EVENTS_VIEW, "summary.json", "config.toml", CENTER_FILE)
 WRITTEN_DIRS = ("checkpoints", "plots", EVENTS)
+DAMAGED = "damaged"
+"""Records found damaged (a truncated metrics.parquet, an events/*.json that does not
+parse), moved here with a `record_set_aside` event; never deleted by Wide Valley."""
 
 METRICS_SCHEMA = pa.schema([
     pa.field("round", pa.int64(), nullable=False),
@@ -69,6 +72,7 @@ class RunDir:
             raise ValueError(f"run name {name!r} {problem}")
         self.storage = Storage(storage).child(name)
         self.storage.mkdir("plots")
+        self.aside: list[dict[str, str]] = []  # damaged records moved away (set_aside)
 
     @property
     def path(self) -> str:
@@ -102,17 +106,32 @@ class RunDir:
         record = {"time": now, "event": kind, **fields}
         name = f"{EVENTS}/{int(now * 1000):013d}-{uuid.uuid4().hex[:8]}.json"
         self.write_text(name, json.dumps(record, sort_keys=True))
-        lines = [json.dumps(e, sort_keys=True) for e in self.events()]
+        lines = [json.dumps(e, sort_keys=True) for e in self.events(set_aside=True)]
         self.write_text(EVENTS_VIEW, "\n".join(lines) + "\n")
 
-    def events(self) -> list[dict[str, Any]]:
-        """Every event of every writer, oldest first."""
+    def events(self, set_aside: bool = False) -> list[dict[str, Any]]:
+        """Every event of every writer, oldest first; a damaged one is left out (and,
+        when the run's writer asks, `set_aside`)."""
         store = self.storage.child(EVENTS)
         names = [n for n in store.list_files() if n.endswith(".json")]
         if not names:
             return self._old_view()
-        records = [json.loads(store.read_bytes(n)) for n in names]
+        records = []
+        for name in names:
+            record = _event_record(store.read_bytes(name))
+            if record is None and set_aside:  # kept aside, so that the run can go on
+                self.set_aside(f"{EVENTS}/{name}", "not a JSON event record")
+            elif record is not None:
+                records.append(record)
         return sorted(records, key=lambda e: float(e["time"]))
+
+    def set_aside(self, name: str, why: str) -> None:
+        """Move a damaged record to damaged/ (named in `aside`, for the run's events): one
+        bad file must not block a run that has good checkpoints."""
+        target = f"{DAMAGED}/{name.replace('/', '_')}.{int(time.time() * 1000)}"
+        self.storage.mkdir(DAMAGED)
+        self.storage.move(name, target)
+        self.aside.append({"name": name, "moved_to": target, "reason": why})
 
     def _old_view(self) -> list[dict[str, Any]]:
         """events.jsonl of a run directory written before events/ existed."""
@@ -174,3 +193,14 @@ class RunDir:
                 checkpoints.delete_dir(name)
                 gone.append(f"checkpoints/{name}")
         return gone
+
+
+def _event_record(data: bytes) -> dict[str, Any] | None:
+    """One events/*.json as a record, or None when it is not one."""
+    try:
+        record = json.loads(data)
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("event"), str):
+        return None
+    return record if isinstance(record.get("time"), int | float) else None

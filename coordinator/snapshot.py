@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+import pyarrow as pa
+
 from coordinator import checkpoint
 from coordinator.center import Center
 from coordinator.failures import FailurePolicy
@@ -75,6 +77,16 @@ def restore(run: RunState) -> int | None:
     run.policy.load_state_dict(state)
     run.evaluations = list(state["evaluations"])
     run.group.load_states(state["replicas"])
-    run.rows = [r for r in run.run.read_table(METRICS) if r["round"] <= round_]
+    run.rows = [r for r in _metrics(run.run) if r["round"] <= round_]
     run.run.event("resume", round=round_)
     return round_
+
+
+def _metrics(run: RunDir) -> list[dict[str, Any]]:
+    """The metrics rows so far; a damaged table is set aside (its rows are lost, the
+    checkpoint's state is not) so that the run resumes."""
+    try:
+        return run.read_table(METRICS)
+    except (pa.ArrowException, OSError, ValueError) as err:  # truncated, not Parquet, …
+        run.set_aside(METRICS, f"unreadable: {str(err).splitlines()[0]}")
+        return []

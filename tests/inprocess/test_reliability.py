@@ -178,6 +178,22 @@ def test_a_corrupt_checkpoint_is_skipped_for_the_previous_good_one(
     assert "sha256" in skipped[0]["reason"]
 
 
+def test_a_broken_last_checkpoint_is_written_again_by_the_rerun(
+    make_config: ConfigFactory,
+) -> None:
+    """The final checkpoint was written only when its folder was missing: after a
+    corrupted state.pt every rerun resumed from the older one, retrained, exited 0 and
+    left the broken one in place."""
+    config = make_config("train.rounds=6", "train.checkpoint_every=2", name="repair")
+    first = finish(Coordinator(config, LocalGroup))
+    state = Path(config.run.storage) / config.run.name / "checkpoints" / "round-000006" / "state.pt"
+    state.write_bytes(state.read_bytes()[:-100])
+    rerun = Coordinator(config, LocalGroup)
+    assert rerun.resumed_from == 4
+    assert finish(rerun)["center_sha256"] == first["center_sha256"]
+    assert checkpoint.verified(rerun.run, 6) and checkpoint.load(rerun.run, 6)["round"] == 6
+
+
 def test_resume_refuses_a_different_run_and_fresh_starts_over(make_config: ConfigFactory) -> None:
     finish(Coordinator(make_config(name="same"), LocalGroup))
     with pytest.raises(ResumeMismatch, match=r"algorithm\.lr = 0\.1, not 0\.2"):

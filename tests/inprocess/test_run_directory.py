@@ -90,6 +90,35 @@ def test_a_file_uri_is_a_local_directory(make_config: ConfigFactory, tmp_path: P
     assert checkpoint.rounds(RunDir(config.run.storage, "uri")) == [4]
 
 
+def test_damaged_records_are_set_aside_and_the_run_resumes(
+    make_config: ConfigFactory, tmp_path: Path
+) -> None:
+    """A truncated metrics.parquet (ArrowInvalid: Parquet magic bytes) and events/*.json
+    that do not parse (JSONDecodeError, TypeError) blocked resuming for good."""
+    config = make_config("train.rounds=6", "train.checkpoint_every=2", name="damaged")
+    crashed = Coordinator(config, LocalGroup)
+    for _ in range(4):
+        crashed.step()
+    crashed.shutdown()  # as a killed driver leaves it: checkpoints at 2 and 4, no end
+    run = Path(config.run.storage) / "damaged"
+    metrics = run / "metrics.parquet"
+    metrics.write_bytes(metrics.read_bytes()[:-200])
+    (run / "events" / "9999999999999-garbage.json").write_text('{"time": 1, "ev')
+    (run / "events" / "9999999999999-alist.json").write_text("[1, 2]")
+    resumed = Coordinator(config, LocalGroup)
+    assert resumed.resumed_from == 4
+    summary = finish(resumed)
+    assert summary["rounds"] == 6
+    aside = [e for e in resumed.run.events() if e["event"] == "record_set_aside"]
+    assert sorted(e["name"] for e in aside) == [
+        "events/9999999999999-alist.json", "events/9999999999999-garbage.json",
+        "metrics.parquet",
+    ], aside  # fmt: skip
+    assert len(list((run / "damaged").iterdir())) == 3  # kept, not deleted
+    rows = pq.read_table(metrics).to_pylist()  # the rows from the resume on
+    assert {r["round"] for r in rows} == {5, 6}
+
+
 # ---- 2. one writer at a time ---------------------------------------------------------
 
 
