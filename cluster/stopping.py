@@ -1,10 +1,12 @@
-"""A polite stop: SIGTERM (what `ray job stop`, Kubernetes and process managers send) and
-SIGINT (Ctrl-C) end a run at the next round boundary, with a checkpoint.
+"""A polite stop: SIGTERM (what `ray job stop`, Kubernetes and process managers send),
+SIGINT (Ctrl-C) and SIGHUP (a closed terminal, a dropped ssh session) end a run at the
+next round boundary, with a checkpoint.
 
 The first signal only sets a flag: the driver finishes the round in flight, asks the
 Coordinator to checkpoint, log `stopped` and release the run directory, and exits with
-128 + the signal's number (143 for SIGTERM, 130 for SIGINT). A second signal stops at
-once (Python's KeyboardInterrupt). `ray job stop` sends SIGKILL RAY_JOB_STOP_WAIT_TIME_S
+128 + the signal's number (143 for SIGTERM, 130 for SIGINT, 129 for SIGHUP). A second
+signal stops at once (StopNow, a KeyboardInterrupt: one line, no traceback, the last
+checkpoint resumes). `ray job stop` sends SIGKILL RAY_JOB_STOP_WAIT_TIME_S
 seconds (3 by default) after SIGTERM, so the round in flight and the checkpoint must fit
 in that; raise it for large models (docs/reliability.md).
 """
@@ -19,7 +21,7 @@ from types import FrameType
 
 from foundation.errors import WideValleyError
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 STOP_GRACE_S = 2.5  # inside `ray job stop`'s default 3 s before its SIGKILL
 
 
@@ -45,24 +47,45 @@ class RunInterrupted(WideValleyError):
         self.exit_code = 128 + signum
 
 
+class StopNow(KeyboardInterrupt):
+    """A second stop signal: end at once, without the polite stop's checkpoint."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
 class StopFlag:
     def __init__(self) -> None:
         self.signum: int | None = None
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signum is not None:  # the second one: stop now
-            raise KeyboardInterrupt
+            raise StopNow(signum)
         self.signum = signum
 
 
 @contextmanager
 def stop_on_signals() -> Iterator[StopFlag]:
-    """Handle SIGTERM and SIGINT inside the block (replacing Ray's own SIGTERM handler,
+    """Handle SIGTERM, SIGINT and SIGHUP inside the block (replacing Ray's own SIGTERM handler,
     which dumps stacks and exits), and restore the previous handlers after it."""
     flag = StopFlag()
     previous = {s: signal.signal(s, flag._handle) for s in STOP_SIGNALS}
     try:
         yield flag
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+@contextmanager
+def signals_ignored() -> Iterator[None]:
+    """Ignore stop signals inside the block: the last seconds of a command, while it
+    stops the private Ray it started. A signal there would end the command midway,
+    print a traceback and leave Ray's processes behind, which is worse than waiting."""
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in STOP_SIGNALS}
+    try:
+        yield
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

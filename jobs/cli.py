@@ -9,6 +9,7 @@ printed as a traceback that a user would have to read.
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable
 
@@ -17,7 +18,7 @@ import ray
 from cluster.driver import CoordinatorError, one_line
 from cluster.resources import ResourceError
 from cluster.session import release
-from cluster.stopping import RunInterrupted
+from cluster.stopping import RunInterrupted, signals_ignored
 from coordinator.lease import LeaseHeld
 from coordinator.resume import ResumeMismatch
 from foundation.data import DatasetError
@@ -54,5 +55,11 @@ def guarded(body: Callable[[], int], user_errors: tuple[type[BaseException], ...
     except RunInterrupted as err:
         print(f"wv: {err}", file=sys.stderr)
         return err.exit_code
+    except KeyboardInterrupt as err:  # a second stop signal, or Ctrl-C before the first round
+        signum = getattr(err, "signum", signal.SIGINT)
+        print(f"wv: stopped at once by {signal.Signals(signum).name}; run the same command "
+              "again to resume from the last checkpoint", file=sys.stderr)  # fmt: skip
+        return 128 + signum
     finally:
-        release()  # the private local Ray this command started, if it started one
+        with signals_ignored():  # an impatient Ctrl-C must not cut the clean-up short
+            release()  # the private local Ray this command started, if it started one

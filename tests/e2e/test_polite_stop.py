@@ -145,3 +145,29 @@ def test_two_runs_started_together_one_trains_one_fails_and_sigint_stops_the_fir
     kinds = [e["event"] for e in events(tmp_path)]
     assert kinds.count("start") == 1 and "resume" not in kinds
     assert events(tmp_path)[-1]["reason"] == "SIGINT"
+
+
+def test_sighup_stops_as_sigterm_does(tmp_path: Path) -> None:
+    """A closed terminal or a dropped ssh session: it exited 129 at once, no checkpoint."""
+    out, err = signal_at_round(start(tmp_path), 20, signal.SIGHUP)
+    last = events(tmp_path)[-1]
+    assert last["event"] == "stopped" and last["reason"] == "SIGHUP", out + err
+    assert f"wv: stopped by SIGHUP after round {last['round']}, checkpointed" in err, out + err
+    assert (tmp_path / "runs" / "smoke" / "checkpoints" / f"round-{last['round']:06d}").is_dir()
+
+
+def test_a_second_ctrl_c_stops_at_once_in_one_line(tmp_path: Path) -> None:
+    """It printed a 78-line KeyboardInterrupt traceback."""
+    # Rounds of a few seconds: the second signal comes while the first waits for one.
+    proc = start(tmp_path, "train.rounds=100000", "algorithm.coupling_period=5000")
+    read_until(proc, "round     1/")
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)  # two signals at once are one to Python: deliver it first
+    proc.send_signal(signal.SIGINT)  # impatient: before the polite stop is done
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out + err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    # Stopped at once, or politely when the first stop was done before the second came
+    # (then the second fell in the clean-up of the private Ray, where it is ignored).
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("wv: stopped"), err

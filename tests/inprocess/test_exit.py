@@ -1,5 +1,6 @@
 """Tier 2: how a `python -m jobs…` command ends (jobs.entry.exit_now, jobs.cli.guarded)."""
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -8,6 +9,7 @@ import pytest
 from ray.exceptions import RayTaskError
 
 from cluster.driver import HostHere
+from cluster.stopping import StopFlag
 from coordinator.failures import DivergenceError
 from coordinator.lease import LeaseHeld
 from foundation.storage import StorageError
@@ -77,3 +79,21 @@ def test_an_error_of_the_coordinator_in_this_process_exits_as_from_an_actor(
     cause = error.cause if isinstance(error, RayTaskError) else error
     said = str(cause) if code == 2 else f"{type(cause).__name__}: {cause}"
     assert capsys.readouterr().err.splitlines() == [f"wv: error: {said}"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_a_second_stop_signal_ends_in_one_line_with_its_status(
+    signum: signal.Signals, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flag = StopFlag()
+    flag._handle(signum, None)  # the first: a polite stop at the next round
+
+    def body() -> int:
+        flag._handle(signum, None)  # the second, while the first is being served
+        return 0
+
+    assert guarded(body) == 128 + signum
+    assert capsys.readouterr().err.splitlines() == [
+        f"wv: stopped at once by {signum.name}; run the same command again to resume from "
+        "the last checkpoint"
+    ]
