@@ -127,6 +127,7 @@ class CollectiveReplicaGroup(RayReplicaGroup):
 
     def run_round(self, center: np.ndarray | None, gamma: float, rho: float) -> list[RoundOutcome]:
         """Phase 1 on every unit (`center` is None: the units hold their own)."""
+        self.given.clear()  # as RayReplicaGroup.run_round: replace() starts afresh
         timeout = self.config.train.round_timeout_s
         outcomes = self._call(lambda u, a: a.local.remote(gamma, rho), timeout)
         out: list[RoundOutcome] = []
