@@ -16,7 +16,7 @@ from coordinator import checkpoint
 from coordinator.center import Center
 from coordinator.failures import FailurePolicy
 from coordinator.groups import ReplicaGroup
-from coordinator.resume import check_same_run, rescoped
+from coordinator.resume import ResumeMismatch, check_same_run, rescoped
 from coordinator.rundir import METRICS, RunDir
 from flatmath.scoping import Scope
 from foundation.config import Config, to_dict
@@ -52,6 +52,7 @@ def capture(run: RunState) -> dict[str, Any]:
         **run.policy.state_dict(),
         "evaluations": run.evaluations,
         "replicas": run.states(),
+        "num_params": run.group.num_params,
     }
 
 
@@ -67,6 +68,13 @@ def restore(run: RunState) -> int | None:
     round_, state = found
     now = to_dict(run.config)
     check_same_run(state["config"], now, run.run.path, run.allow_changes)
+    saved = state.get("num_params", run.group.num_params)  # older checkpoints lack it
+    if saved != run.group.num_params:  # the same names, another model (fit's objects)
+        raise ResumeMismatch(
+            f"{run.run.path} holds a checkpoint of a model with {saved} parameters; this "
+            f"model has {run.group.num_params}: resume with the same model, or start "
+            "over (--fresh, fit(fresh=True))"
+        )
     run.round = round_
     run.rule.load_state_dict(state)
     run.gamma = Scope.from_state_dict(state["gamma"])

@@ -35,10 +35,19 @@ def as_config(config: ConfigLike, overrides: Sequence[str]) -> Config:
     return load_config(config, list(overrides))
 
 
-def code_path(obj: Any) -> str:
+def code_path(obj: Any, key: str = "model.arch") -> str:
     """An object's import path in a form the config accepts (a nested function's
-    `<locals>` becomes `locals`: it names the object, it is not imported again)."""
-    return re.sub(r"[^\w.:]", "_", object_path(obj)).replace("..", ".")
+    `<locals>` becomes `locals`: it names the object, it is not imported again). A lambda
+    has no name of its own: every one records as `_lambda_`, so a resume with another
+    lambda would be taken for the same run; it is refused."""
+    path = object_path(obj)
+    if "<lambda>" in path:
+        raise ConfigError(
+            f"{key}: a lambda cannot be recorded in config.toml (every lambda is named "
+            "<lambda>, so resuming with another one could not be refused); give a named "
+            "function or class"
+        )
+    return re.sub(r"[^\w.:]", "_", path).replace("..", ".")
 
 
 def fingerprint(data: Any) -> str:
@@ -68,14 +77,14 @@ def prepare(
     if data_kwargs is not None:
         config.data.kwargs = dict(data_kwargs)
     if model is not None:
-        config.model.arch, given["model"] = code_path(model), model
+        config.model.arch, given["model"] = code_path(model, "model"), model
     if data is not None:
         given["data"] = _data_source(config, data)
     for key, value in (("loss", loss), ("metric", metric)):
         if isinstance(value, str):
             setattr(config.train, key, value)
         elif value is not None:
-            setattr(config.train, key, code_path(value))
+            setattr(config.train, key, code_path(value, key))
             given[key] = value
     checked = config_from_text(to_toml(config))  # validates, and proves it is plain TOML
     if not given:
@@ -94,7 +103,7 @@ def in_memory(**_: Any) -> Any:
 
 def _data_source(config: Config, data: DataLike) -> Any:
     if callable(data) and not hasattr(data, "__getitem__"):
-        config.data.dataset = code_path(data)
+        config.data.dataset = code_path(data, "data")
         return LoaderData(data, dict(config.data.kwargs), config.data.dataset)
     try:
         dataset = as_dataset("data", data, "data")

@@ -108,3 +108,31 @@ def test_a_model_returning_a_dict_is_one_line_of_bad_input(tmp_path: Path) -> No
     with pytest.raises(widevalley.ConfigError, match="returned a dict: its forward must"):
         widevalley.fit(overrides=small(tmp_path), model=DictModel, data=data, local=True,
                        verbose=False)  # fmt: skip
+
+
+def test_a_lambda_is_refused_since_it_cannot_be_recorded(tmp_path: Path) -> None:
+    """Every lambda recorded as `_lambda_`: a resume with another lambda was accepted."""
+    with pytest.raises(widevalley.ConfigError, match="model: a lambda cannot be recorded"):
+        widevalley.fit(overrides=small(tmp_path), model=lambda hidden: Net(hidden), data=data,
+                       local=True, verbose=False)  # fmt: skip
+
+
+class Edited(Net):
+    """The user's Net after an edit: the same import path, other parameter shapes."""
+
+    def __init__(self, hidden: int = 8, fail: bool = False) -> None:
+        super().__init__(hidden, fail)
+        self.layers = nn.Sequential(nn.Linear(4, 2 * hidden), nn.ReLU(), nn.Linear(2 * hidden, 3))
+
+
+Edited.__qualname__ = Net.__qualname__
+
+
+def test_resuming_with_a_model_of_other_shapes_is_one_line(tmp_path: Path) -> None:
+    """It was a raw `ValueError: flat vector of (1642,) != (3274,)`."""
+    widevalley.fit(overrides=small(tmp_path), model=Net, data=data, local=True, verbose=False)
+    more = small(tmp_path, "train.rounds=4")
+    with pytest.raises(
+        widevalley.ResumeMismatch, match="a model with 67 parameters; this model has 131"
+    ):
+        widevalley.fit(overrides=more, model=Edited, data=data, local=True, verbose=False)
