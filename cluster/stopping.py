@@ -89,3 +89,21 @@ def signals_ignored() -> Iterator[None]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def _stop_now(signum: int, frame: FrameType | None) -> None:
+    raise StopNow(signum)
+
+
+@contextmanager
+def stop_at_once_on_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP inside the block stop at once, as Ctrl-C does (StopNow). For a
+    command's first seconds, before its run exists to stop politely (imports, Ray's
+    start, the input checks): Python's default would end the process with no word and
+    leave the private Ray it was starting behind."""
+    previous = {s: signal.signal(s, _stop_now) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

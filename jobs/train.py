@@ -13,6 +13,7 @@ and events kept.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from jobs import CONFIG_DIR
 from jobs.entry import add_run_options, exit_now
@@ -53,10 +54,29 @@ def start_ray_early(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    start_ray_early(args)
-    from jobs.training import run_command  # torch, the coordinator, the input checks
+    from cluster.stopping import stop_at_once_on_signals  # neither Ray nor torch
 
-    return run_command(args)
+    with stop_at_once_on_signals():  # until the run's polite stop takes over
+        try:
+            start_ray_early(args)
+            from jobs.training import run_command  # torch, the coordinator, the input checks
+        except KeyboardInterrupt as stop:  # here, before guarded() can say it
+            return stopped_at_once(stop)
+        return run_command(args)
+
+
+def stopped_at_once(stop: KeyboardInterrupt) -> int:
+    """A stop signal in the command's first seconds: the Ray start under way is stopped,
+    one line, 128 + the signal's number."""
+    import signal
+
+    from cluster.session import release
+
+    signum = getattr(stop, "signum", signal.SIGINT)
+    release()
+    print(f"wv: stopped at once by {signal.Signals(signum).name}, before the run began",
+          file=sys.stderr)  # fmt: skip
+    return 128 + signum
 
 
 if __name__ == "__main__":

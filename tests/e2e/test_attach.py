@@ -12,6 +12,7 @@ bad data turns up while that Ray is still starting on its thread.
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -107,3 +108,26 @@ def test_bad_data_found_while_ray_starts_stops_that_ray(tmp_path: Path) -> None:
     assert done.stderr.startswith("wv: error: Raw mnist files are missing"), done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert left_behind(sid) == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_stop_signal_in_the_first_second_stops_the_ray_being_started(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    """SIGTERM in the first seconds (before the run's polite stop exists) exited 143 with
+    no output; a Ray whose start was under way could be left behind."""
+    storage = tmp_path / "runs"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jobs.train", "--config", "jobs/configs/smoke.toml",
+         "--set", f"run.storage={storage}", "--set", f"data.root={tmp_path / 'data'}"],
+        cwd=REPO, env={**os.environ, "RAY_ADDRESS": "local"}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    time.sleep(1.5)  # the imports and Ray's start under way; no round yet
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=120)
+    assert "round " not in out, out  # it was early enough
+    assert proc.returncode == 128 + signum, out + err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"wv: stopped at once by {signum.name}"), err
+    assert left_behind(proc.pid) == []
