@@ -70,10 +70,13 @@ def stopped_at_once(stop: KeyboardInterrupt) -> int:
     one line, 128 + the signal's number."""
     import signal
 
-    from cluster.session import release
-
     signum = getattr(stop, "signum", signal.SIGINT)
-    release()
+    # Only a session module that was imported whole can have started Ray: one whose
+    # import the signal cut short is gone from sys.modules, and importing it again
+    # would meet Ray's half-imported package.
+    session = sys.modules.get("cluster.session")
+    if session is not None:
+        session.release()
     print(f"wv: stopped at once by {signal.Signals(signum).name}, before the run began",
           file=sys.stderr)  # fmt: skip
     return 128 + signum
