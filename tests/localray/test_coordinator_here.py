@@ -8,6 +8,7 @@ from typing import NoReturn
 import pytest
 
 from cluster import driver
+from coordinator.failures import RunFailed
 from foundation.config import Config, load_config
 from jobs import CONFIG_DIR
 from jobs.cli import guarded
@@ -41,12 +42,12 @@ def test_a_replica_error_is_its_own_one_line_exit_1_and_frees_the_run(
 ) -> None:  # fmt: skip
     monkeypatch.setattr(driver, "owns_ray", lambda: True)
     config = smoke(tmp_path, data_root, "raising", "train.loss=tests.badparts:raising_loss")
-    # As from the actor (Ray's RayTaskError): the replica's own error, also an instance
-    # of its class, so `except ValueError` around widevalley.fit() catches it.
-    with pytest.raises(ValueError, match="the loss refuses") as failure:
+    # A replica that raises is restarted as a lost one; every replica raising in round 1
+    # fails the run (RunFailed, naming what they raised), as from the actor.
+    with pytest.raises(RunFailed, match="raised ValueError: the loss refuses") as failure:
         driver.run(config)
     assert isinstance(failure.value, driver.CoordinatorError)
-    assert type(failure.value.cause) is ValueError
+    assert type(failure.value.cause) is RunFailed
     capsys.readouterr()
 
     # Again through the command's handling: not LeaseHeld (exit 2), so the first run gave
@@ -56,4 +57,6 @@ def test_a_replica_error_is_its_own_one_line_exit_1_and_frees_the_run(
         return 0
 
     assert guarded(command) == 1
-    assert capsys.readouterr().err.splitlines() == ["wv: error: ValueError: the loss refuses"]
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("wv: error: RunFailed: every replica failed in round 1: {0: 'lost: ")
+    assert line.endswith("raised ValueError: the loss refuses'}"), line
