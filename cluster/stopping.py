@@ -18,6 +18,7 @@ import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import Any
 
 from foundation.errors import WideValleyError
 
@@ -70,12 +71,8 @@ def stop_on_signals() -> Iterator[StopFlag]:
     """Handle SIGTERM, SIGINT and SIGHUP inside the block (replacing Ray's own SIGTERM handler,
     which dumps stacks and exits), and restore the previous handlers after it."""
     flag = StopFlag()
-    previous = {s: signal.signal(s, flag._handle) for s in STOP_SIGNALS}
-    try:
+    with _handled(STOP_SIGNALS, flag._handle):
         yield flag
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 @contextmanager
@@ -83,12 +80,8 @@ def signals_ignored() -> Iterator[None]:
     """Ignore stop signals inside the block: the last seconds of a command, while it
     stops the private Ray it started. A signal there would end the command midway,
     print a traceback and leave Ray's processes behind, which is worse than waiting."""
-    previous = {s: signal.signal(s, signal.SIG_IGN) for s in STOP_SIGNALS}
-    try:
+    with _handled(STOP_SIGNALS, signal.SIG_IGN):
         yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 def _stop_now(signum: int, frame: FrameType | None) -> None:
@@ -101,9 +94,16 @@ def stop_at_once_on_signals() -> Iterator[None]:
     command's first seconds, before its run exists to stop politely (imports, Ray's
     start, the input checks): Python's default would end the process with no word and
     leave the private Ray it was starting behind."""
-    previous = {s: signal.signal(s, _stop_now) for s in (signal.SIGTERM, signal.SIGHUP)}
+    with _handled((signal.SIGTERM, signal.SIGHUP), _stop_now):
+        yield
+
+
+@contextmanager
+def _handled(signums: tuple[int, ...], handler: Any) -> Iterator[None]:
+    """`handler` for `signums` inside the block; the previous handlers after it."""
+    previous = {s: signal.signal(s, handler) for s in signums}
     try:
         yield
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        for s, before in previous.items():
+            signal.signal(s, before)
