@@ -16,14 +16,17 @@ torch); release() stops the private Ray that this process started, and nothing e
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import subprocess
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import ray
 
-from cluster import dashboard
+from cluster import dashboard, reaper
 
 # For the private local Ray only (a cluster started elsewhere keeps its own settings):
 # its idle workers import torch while the driver is still starting, so the coordinator
@@ -48,6 +51,8 @@ def running_local_cluster() -> str | None:
 
 # Set when connect() started the private local Ray: release() then stops it.
 _started_here = False
+# The watcher that stops that Ray's leftovers if this process dies first (cluster/reaper.py).
+_watcher: subprocess.Popen[bytes] | None = None
 
 
 class _Starter:
@@ -126,7 +131,7 @@ def _connect(num_cpus: int | None = None) -> str:
     dashboard_options: dict[str, Any] = (
         {"dashboard_host": "127.0.0.1"} if with_dashboard else {"include_dashboard": False}
     )
-    with dashboard.deferred():  # started by connect() or, in a run, after its first round
+    with dashboard.deferred(), _on_loopback():  # the dashboard: here or after round 1
         ray.init(
             address="local",
             num_cpus=num_cpus or os.cpu_count(),
@@ -135,10 +140,44 @@ def _connect(num_cpus: int | None = None) -> str:
             **dashboard_options,
         )
     _started_here = True
+    _watch_for_driver_death()
     cpus = int(ray.cluster_resources().get("CPU", 0))
     if not with_dashboard:
         return f"a local Ray with {cpus} CPUs, no dashboard (WV_DASHBOARD=0)"
     return f"a local Ray with {cpus} CPUs"
+
+
+@contextlib.contextmanager
+def _on_loopback() -> Iterator[None]:
+    """Make the private Ray listen on 127.0.0.1 only: it serves one run on one machine,
+    and a laptop on a café network or a shared box should not offer its GCS, raylet and
+    workers to anyone who can reach it.
+
+    Ray 2.60's gRPC servers (GCS, raylet, workers, agents) bind every interface unless
+    the node's address is 127.0.0.1, and ray.init turns `_node_ip_address="127.0.0.1"`
+    back into the routable address. What makes it choose 127.0.0.1 is the switch it reads
+    on macOS and Windows, where a local Ray is loopback-only by default
+    (ray_constants.ENABLE_RAY_CLUSTER); it is set back as soon as the node is up, so that
+    a later attach to a real cluster registers this machine's routable address."""
+    from ray._private import ray_constants  # the version is pinned
+
+    before = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before
+
+
+def _watch_for_driver_death() -> None:
+    """Start the watcher that SIGKILLs this private Ray's leftovers if this process dies
+    without release() (a SIGKILL, the OOM killer): cluster/reaper.py says why."""
+    global _watcher
+    from ray._private import worker  # this driver's node; Ray is pinned
+
+    node: Any = worker._global_node
+    ray_pids = [info.process.pid for infos in node.all_processes.values() for info in infos]
+    _watcher = reaper.start(os.getpid(), ray_pids)
 
 
 def owns_ray() -> bool:
@@ -167,6 +206,14 @@ def release() -> None:
         dashboard.release()
         if starter is not None:
             starter.released.set()
+        _stop_watcher()
+
+
+def _stop_watcher() -> None:
+    global _watcher
+    watcher, _watcher = _watcher, None
+    if watcher is not None:
+        reaper.stop(watcher)
 
 
 def _stop_private_ray() -> None:
