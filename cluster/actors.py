@@ -115,29 +115,30 @@ class RayReplicaGroup:
         try:
             ray.get(self.pg.ready(), timeout=STARTUP_TIMEOUT_S)
             self.actors = [self._start(u) for u in range(len(self.units_of))]
-            sizes = self._await_start()
+            models = self._await_start()
         except BaseException:
             self.shutdown()
             raise
-        self.size, self.num_params = config.algorithm.replicas, sizes[0]
+        self.size, self.model = config.algorithm.replicas, models[0]
+        self.num_params: int = self.model["num_params"]
 
-    def _await_start(self) -> list[int]:
-        """Every unit's size once it runs. A unit that dies while starting (its node lost,
-        its process killed) is started again in its bundle, as a lost replica is, and
-        noted in start_losses: a node may die at any moment, also this one."""
+    def _await_start(self) -> list[dict[str, Any]]:
+        """Every unit's model (Replica.ready) once it runs. A unit that dies while
+        starting (its node lost, its process killed) is started again in its bundle, as a
+        lost replica is, and noted in start_losses: a node may die at any moment."""
         refs = [a.ready.remote() for a in self.actors]
         ray.wait(refs, num_returns=len(refs), timeout=STARTUP_TIMEOUT_S)
-        sizes = []
+        models = []
         for u, ref in enumerate(refs):
             try:  # a unit still starting after the wait is a timeout, as before
-                sizes.append(int(ray.get(ref, timeout=0)))
+                models.append(ray.get(ref, timeout=0))
                 self.nodes[u] = ray.get(self.actors[u].node_id.remote(), timeout=STARTUP_TIMEOUT_S)
             except ray.exceptions.RayActorError as err:
                 ray.kill(self.actors[u])
                 reason = f"lost while starting: actor died ({type(err).__name__})"
-                sizes.append(self._restart_unit(u))
+                models.append(self._restart_unit(u))
                 self.start_losses.append(StartLoss(self.units_of[u], reason, self.nodes[u]))
-        return sizes
+        return models
 
     def _start(self, u: int) -> Any:
         bundle = self.pg.bundle_specs[self.first_bundle + u]
@@ -300,7 +301,7 @@ class RayReplicaGroup:
         ]
         ray.get(refs, timeout=STARTUP_TIMEOUT_S)
 
-    def _restart_unit(self, u: int) -> int:
+    def _restart_unit(self, u: int) -> dict[str, Any]:
         """A new actor for unit u in its bundle. Right after a node dies Ray may still
         place the bundle, and so the new actor, on that node (until the node is marked
         dead and the bundle moves): such an actor dies before it runs, and is started
@@ -311,7 +312,7 @@ class RayReplicaGroup:
             self.actors[u] = self._start(u)
             try:
                 left = max(0.0, deadline - time.monotonic())
-                size = int(ray.get(self.actors[u].ready.remote(), timeout=left))
+                model = ray.get(self.actors[u].ready.remote(), timeout=left)
                 self.nodes[u] = ray.get(self.actors[u].node_id.remote(), timeout=left or None)
                 break
             except ray.exceptions.RayActorError:  # placed on the dying node
@@ -322,7 +323,7 @@ class RayReplicaGroup:
                 ray.kill(self.actors[u])
                 raise self._no_room(u, timeout) from None
         self.lost.discard(u)
-        return size
+        return dict(model)
 
     def _no_room(self, u: int, timeout: float) -> CapacityError:
         return CapacityError(

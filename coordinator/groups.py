@@ -59,6 +59,9 @@ rounds a chain formed itself)."""
 class ReplicaGroup(Protocol):
     size: int
     num_params: int
+    model: dict[str, Any]
+    """What identifies the model (replicas/replica.py, model_identity): checkpoints
+    record it, and a resume with another model is refused."""
     start_losses: list[StartLoss]
     """Units lost while the group started (and started again), for the run's events."""
 
@@ -138,7 +141,8 @@ class LocalGroup:
         self.packed = config.resources.per_actor() > 1
         self.units = [self._new_unit(u) for u in range(len(self.units_of))]
         self.size = config.algorithm.replicas
-        self.num_params = self.units[0].num_params
+        self.model: dict[str, Any] = self.units[0].ready()
+        self.num_params: int = self.model["num_params"]
         self.lost_units: set[int] = set()
         self.start_losses: list[StartLoss] = []
 

@@ -8,6 +8,7 @@ refusing a config that trains something else (resume.check_same_run).
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Protocol
 
 import pyarrow as pa
@@ -53,6 +54,7 @@ def capture(run: RunState) -> dict[str, Any]:
         "evaluations": run.evaluations,
         "replicas": run.states(),
         "num_params": run.group.num_params,
+        "model": run.group.model,
     }
 
 
@@ -68,13 +70,7 @@ def restore(run: RunState) -> int | None:
     round_, state = found
     now = to_dict(run.config)
     check_same_run(state["config"], now, run.run.path, run.allow_changes)
-    saved = state.get("num_params", run.group.num_params)  # older checkpoints lack it
-    if saved != run.group.num_params:  # the same names, another model (fit's objects)
-        raise ResumeMismatch(
-            f"{run.run.path} holds a checkpoint of a model with {saved} parameters; this "
-            f"model has {run.group.num_params}: resume with the same model, or start "
-            "over (--fresh, fit(fresh=True))"
-        )
+    check_same_model(state, run.group.model, run.run.path)
     run.round = round_
     run.rule.load_state_dict(state)
     run.gamma = Scope.from_state_dict(state["gamma"])
@@ -88,6 +84,34 @@ def restore(run: RunState) -> int | None:
     run.rows = [r for r in _metrics(run.run) if r["round"] <= round_]
     run.run.event("resume", round=round_)
     return round_
+
+
+def check_same_model(state: dict[str, Any], now: dict[str, Any], path: str) -> None:
+    """Refuse a checkpoint of another model: the config's names can stay the same while
+    the code behind them changed (fit's objects, an edited class)."""
+    again = "resume with the same model, or start over (--fresh, fit(fresh=True))"
+    saved = state.get("model")
+    if saved is not None and saved["class"] != now["class"]:
+        raise ResumeMismatch(
+            f"{path} holds a checkpoint of {saved['class']}; this model is {now['class']}: " + again
+        )
+    count = state.get("num_params", now["num_params"])  # checkpoints before "model"
+    if count != now["num_params"]:
+        raise ResumeMismatch(
+            f"{path} holds a checkpoint of a model with {count} parameters; this model has "
+            f"{now['num_params']}: " + again
+        )
+    tensors = now["tensors"] if saved is None else saved["tensors"]
+    for i, (then, here) in enumerate(itertools.zip_longest(tensors, now["tensors"])):
+        if then is None or here is None or then[1] != here[1]:
+            raise ResumeMismatch(
+                f"{path} holds a checkpoint whose tensor {i} is {_shown(then)}; this "
+                f"model's is {_shown(here)}: " + again
+            )
+
+
+def _shown(tensor: list[Any] | None) -> str:
+    return "missing" if tensor is None else f"{tensor[0]} of shape {tuple(tensor[1])}"
 
 
 def _metrics(run: RunDir) -> list[dict[str, Any]]:

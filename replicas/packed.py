@@ -74,8 +74,8 @@ class PackedReplicas:
         self.forward_kind = "vmap" if kernels is None else "batched kernels"
         self._forward = kernels or vmap(self._one_forward)
 
-    def ready(self) -> int:
-        return self.num_params
+    def ready(self) -> dict[str, Any]:
+        return self.members[0].ready()
 
     def pid(self) -> int:
         return self.members[0].pid()

@@ -44,6 +44,18 @@ class RoundStats:
     """The data stream's (epoch, offset) after the round: where a replacement resumes."""
 
 
+def model_identity(model: torch.nn.Module, flat: FlatModule) -> dict[str, Any]:
+    """The model's class and the name and shape of every tensor of its flat vector, in
+    order: two models that differ here cannot take each other's weights, even where
+    their parameter counts agree (a checkpoint of one is refused for the other)."""
+    cls = type(model)
+    return {
+        "class": f"{cls.__module__}:{cls.__qualname__}",
+        "num_params": flat.num_params,
+        "tensors": [[slot.name, list(slot.shape)] for slot in flat.slots],
+    }
+
+
 class Replica:
     def __init__(
         self,
@@ -93,9 +105,10 @@ class Replica:
     def _new_model(self, seed: int) -> torch.nn.Module:
         return self.parts.new_model(self.data, seed).to(self.device).train()
 
-    def ready(self) -> int:
-        """A cheap call that returns once the constructor has finished (data loaded)."""
-        return self.flat.num_params
+    def ready(self) -> dict[str, Any]:
+        """A cheap call that returns once the constructor has finished (data loaded):
+        what identifies the model (model_identity), which a checkpoint records."""
+        return model_identity(self.model, self.flat)
 
     def pid(self) -> int:
         return os.getpid()

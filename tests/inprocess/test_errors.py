@@ -136,3 +136,30 @@ def test_resuming_with_a_model_of_other_shapes_is_one_line(tmp_path: Path) -> No
         widevalley.ResumeMismatch, match="a model with 67 parameters; this model has 131"
     ):
         widevalley.fit(overrides=more, model=Edited, data=data, local=True, verbose=False)
+
+
+class Reshaped(Net):
+    """An edit that keeps the import path and the count (67 parameters), not the shapes."""
+
+    def __init__(self, hidden: int = 8, fail: bool = False) -> None:
+        super().__init__(hidden, fail)
+        first = nn.Linear(4, hidden, bias=False)
+        self.layers = nn.Sequential(first, nn.ReLU(), nn.Linear(hidden, 3))
+        self.gain = nn.Parameter(torch.ones(hidden))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.layers[2](torch.relu(self.layers[0](x) * self.gain))
+        return out
+
+
+Reshaped.__qualname__ = Net.__qualname__
+
+
+def test_resuming_with_another_model_of_the_same_size_is_one_line(tmp_path: Path) -> None:
+    """A resume took the checkpoint's 67 numbers into other shapes, silently."""
+    widevalley.fit(overrides=small(tmp_path), model=Net, data=data, local=True, verbose=False)
+    more = small(tmp_path, "train.rounds=4")
+    says = ("whose tensor 0 is layers.0.weight of shape \\(8, 4\\); this model's is gain "
+            "of shape \\(8,\\): resume with the same model")  # fmt: skip
+    with pytest.raises(widevalley.ResumeMismatch, match=says):
+        widevalley.fit(overrides=more, model=Reshaped, data=data, local=True, verbose=False)

@@ -41,7 +41,7 @@ class DiesOnce(Replica):
             marker.touch()
             os._exit(1)
 
-    def ready(self) -> int:
+    def ready(self) -> dict[str, Any]:
         self._maybe_die("start")
         return super().ready()
 
