@@ -14,13 +14,20 @@ restart, the end (SharedCenter).
 A replica lost or diverged in the first phase is left out of the sum, exactly as with
 the object store. Before the next all-reduce the group is formed again from the units
 alive (a new group name; torch.distributed's default group, formed for the old
-members, is torn down in each). A unit that dies inside the all-reduce itself leaves the
-others waiting until train.round_timeout_s; then all are lost and the run stops with one
-line (resubmitting resumes from the last checkpoint).
+members, is torn down in each). A unit that dies inside the all-reduce fails it for
+everyone (gloo: "Connection reset by peer"): the others then hold the center as it was
+before the round (each keeps a copy until the round's sum is in: a unit may have
+finished its all-reduce before another failed), the group is formed again without the
+dead unit and the survivors' weights are summed again; the dead unit's replicas are
+reported lost in that round and restart from the new center, as in the first phase.
+Units that hang inside it instead are killed at train.round_timeout_s; with all of
+them gone, so is the center, and the run stops with one line (resubmitting resumes from
+the last checkpoint).
 """
 
 from __future__ import annotations
 
+import copy
 import uuid
 from typing import Any
 
@@ -32,6 +39,7 @@ from ray.util.collective.types import Backend
 from torch import Tensor
 
 from cluster.actors import STARTUP_TIMEOUT_S, RayReplicaGroup
+from coordinator.failures import MAX_CONSECUTIVE_FAILURES
 from coordinator.groups import KEPT, ReplicaLost, RoundOutcome, locate, unpack
 from flatmath import coupling
 from flatmath.center import OUTER, CenterRule
@@ -72,20 +80,34 @@ class CollectiveMember:
         self._kept = [w for w, _ in pairs]
         return [s for _, s in pairs]
 
-    def reduce(self, rows: list[int], count: int, gamma: float, lr: float, p: int) -> list[float]:
+    def reduce(
+        self, rows: list[int], count: int, gamma: float, lr: float, p: int, attempt: int = 0
+    ) -> list[float] | None:
         """Phase 2: all-reduce Σ of the good replicas' weights (`rows` of this unit, out of
-        `count` in all), the same center update everywhere; ‖w^a − center‖ of `rows`."""
+        `count` in all), the same center update everywhere; ‖w^a − center‖ of `rows`.
+        None: the all-reduce failed here (a member died inside it); a next `attempt` of
+        the same round starts again from the center the round began with."""
+        if attempt == 0:
+            self._before = copy.deepcopy(self._rule.state_dict())
+        else:
+            self._rule.load_state_dict(copy.deepcopy(self._before))
         mine = [torch.from_numpy(self._kept[r]) for r in rows]
         n = self._kept[0].shape[0]
         total = coupling.replica_sum(mine) if mine else torch.zeros(n, dtype=torch.float32)
         device = self._device()
         if device.type == "cuda":
             total = total.to(device)
-        collective.allreduce(total, group_name=self._group or "")
+        try:
+            self._all_reduce(total)
+        except RuntimeError:  # gloo's and NCCL's errors when a member goes away
+            return None
         self._rule.update_from_sum(total.cpu(), count, gamma, lr, p)
         value = self._rule.value
         assert value is not None
         return coupling.squared_distances(mine, value[:p]).sqrt().tolist() if mine else []
+
+    def _all_reduce(self, total: Tensor) -> None:
+        collective.allreduce(total, group_name=self._group or "")
 
     def center_value(self) -> np.ndarray | None:
         value = self._rule.value
@@ -139,27 +161,47 @@ class CollectiveReplicaGroup(RayReplicaGroup):
                 out += [(KEPT, stats) for stats in outcome]
         return out
 
-    def reduce(self, good: list[int], gamma: float, lr: float, p: int) -> Tensor:
-        """Phase 2 on the live units; ‖w^a − center‖ of the good replicas, in order."""
-        units = self.live()
-        self._form_group(units)
-        chosen = set(good)
+    def reduce(
+        self, good: list[int], gamma: float, lr: float, p: int
+    ) -> dict[int, float | ReplicaLost]:
+        """Phase 2 on the live units: ‖w^a − center‖ of each good replica, or ReplicaLost
+        for one whose unit died inside the all-reduce (then summed again without it)."""
+        lost: dict[int, float | ReplicaLost] = {}
+        for attempt in range(MAX_CONSECUTIVE_FAILURES):
+            units, chosen = self.live(), [a for a in good if a not in lost]
+            if not units or not chosen:
+                break
+            self._form_group(units)
+            distances, dead = self._reduce_once(units, chosen, (gamma, lr, p), attempt)
+            if distances is not None:
+                return {a: distances[a] for a in chosen} | lost
+            lost |= {a: why for u, why in dead.items() for a in self.units_of[u] if a in chosen}
+            self.joined = False  # formed again, without the dead, for the next attempt
+        raise CollectiveFailed(
+            "the all-reduce of the center did not complete (its units were lost, or hung "
+            f"past train.round_timeout_s = {self.config.train.round_timeout_s:g} s); "
+            "resubmit to resume"
+        )
+
+    def _reduce_once(
+        self, units: list[int], chosen: list[int], rule: tuple[float, float, int], attempt: int
+    ) -> tuple[dict[int, float] | None, dict[int, ReplicaLost]]:
+        """One all-reduce of the chosen replicas over `units`: their distances (None if it
+        failed anywhere) and the units lost in it."""
         rows = {u: [r for r, a in enumerate(self.units_of[u]) if a in chosen] for u in units}
         timeout = self.config.train.round_timeout_s
         outcomes = self._call(
-            lambda u, a: a.reduce.remote(rows[u], len(good), gamma, lr, p), timeout, units
+            lambda u, a: a.reduce.remote(rows[u], len(chosen), *rule, attempt), timeout, units
         )
-        if any(isinstance(o, ReplicaLost) for o in outcomes):
-            raise CollectiveFailed(
-                f"the all-reduce of the center did not complete within "
-                f"train.round_timeout_s = {timeout:g} s; resubmit to resume"
-            )
-        by_replica = {
+        dead = {u: o for u, o in zip(units, outcomes, strict=True) if isinstance(o, ReplicaLost)}
+        if dead or any(o is None for o in outcomes):
+            return None, dead
+        distances = {
             self.units_of[u][r]: d
-            for u, distances in zip(units, outcomes, strict=True)
-            for r, d in zip(rows[u], distances, strict=True)
+            for u, found in zip(units, outcomes, strict=True)
+            for r, d in zip(rows[u], found, strict=True)
         }
-        return torch.tensor([by_replica[a] for a in good])
+        return distances, dead
 
     def _form_group(self, units: list[int]) -> None:
         """A new collective group of these units, when its members changed."""
@@ -243,7 +285,7 @@ class SharedCenter:
 
     def form(
         self, outcomes: list[RoundOutcome], good: list[int], gamma: float, lr: float, p: int
-    ) -> Tensor:
+    ) -> dict[int, float | ReplicaLost]:
         distances = self.group.reduce(good, gamma, lr, p)
         if self.kind == "easgd":
             self.exchange_gamma = gamma

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 from torch import Tensor
 
-from coordinator.groups import RoundOutcome, delivered
+from coordinator.groups import ReplicaLost, RoundOutcome, delivered
 from flatmath.center import CenterRule
 from flatmath.flat import readonly_tensor
 
@@ -40,8 +40,10 @@ class Center(Protocol):
 
     def form(
         self, outcomes: list[RoundOutcome], good: list[int], gamma: float, lr: float, p: int
-    ) -> Tensor:
-        """The new center from the good replicas of this round; ‖w^a − center‖ of each."""
+    ) -> dict[int, float | ReplicaLost]:
+        """The new center from the good replicas of this round; ‖w^a − center‖ of each,
+        or ReplicaLost for one lost while the center was formed (the collective
+        transport: its unit died inside the all-reduce; the center is then the others')."""
         ...
 
     def state_dict(self) -> dict[str, Any]: ...
@@ -54,7 +56,7 @@ class GatheredCenter(CenterRule):
 
     def form(
         self, outcomes: list[RoundOutcome], good: list[int], gamma: float, lr: float, p: int
-    ) -> Tensor:
+    ) -> dict[int, float | ReplicaLost]:
         # Read-only views of what the object store returned: summed row by row, no stacking.
         weights = [readonly_tensor(delivered(outcomes[a])[0]) for a in good]
-        return self.update(weights, gamma, lr, p)
+        return dict(zip(good, self.update(weights, gamma, lr, p).tolist(), strict=True))

@@ -204,8 +204,9 @@ class Coordinator:
         good = [a for a in range(self.group.size) if a not in failed]
         stats = {a: delivered(outcomes[a])[1] for a in good}
         lr, p = self.config.algorithm.lr, self.group.num_params
-        spread = self.rule.form(outcomes, good, gamma, lr, p)
-        distances = dict(zip(good, spread.tolist(), strict=True))
+        formed = self.rule.form(outcomes, good, gamma, lr, p)
+        distances = {a: d for a, d in formed.items() if not isinstance(d, ReplicaLost)}
+        failed |= self._lost_forming(r + 1, formed)
         for a, reason in failed.items():
             self._restart(r + 1, a, reason)
         center_s = time.perf_counter() - gathered
@@ -276,6 +277,15 @@ class Coordinator:
                 last_finite_loss=d.last_finite_loss,
             )  # fmt: skip
         error = self.policy.decide(r, failed, diverged)
+        if error is not None:
+            self._stop(error)
+        return failed
+
+    def _lost_forming(self, r: int, formed: dict[int, float | ReplicaLost]) -> dict[int, str]:
+        """The replicas lost while the center was formed (→ reason), counted by the
+        failure policy as any other loss of round r."""
+        failed = {a: f"lost: {o.reason}" for a, o in formed.items() if isinstance(o, ReplicaLost)}
+        error = self.policy.decide(r, failed, []) if failed else None
         if error is not None:
             self._stop(error)
         return failed
