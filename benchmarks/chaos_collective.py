@@ -3,15 +3,20 @@
 Each try runs `python -m jobs.train` on its own private Ray with the smoke config,
 3 replicas, one per actor (`resources.transport=collective`,
 `resources.replicas_per_actor=1`, `train.round_timeout_s=20`, as the issue that found
-the fault ran it), waits for its first progress line, sleeps a seeded delay (uniform in
-[0, --max-delay] s) and SIGKILLs the process of one replica, chosen by the seed. The
-run must end with exit 0 and the loss in its events.jsonl.
+the fault ran it), one local step on 8 examples a round and a wide MLP
+(`algorithm.coupling_period=1`, `data.batch_size=8`, `algorithm.lr=0.01`;
+benchmarks/wide.py, 1.1 M parameters at --hidden 1024 on MNIST-1D), so that the
+all-reduce is most of a round and kills land in it; waits for
+its first progress line, sleeps a seeded delay (uniform in [0, --max-delay] s) and
+SIGKILLs the process of one replica, chosen by the seed. The run must end with exit 0
+and the loss in its events.jsonl.
 
 Where the kill landed is read from the run's own metrics: the lost replica's row of
-that round has a training loss when its local steps were done (it died inside the
-all-reduce or between the two phases), none when it died in its local steps.
+that round has a training loss when its local steps were done ("all-reduce": it died
+inside the all-reduce, or between the two phases), none when they were not ("local
+steps": in them, or waiting for them).
 
-    python benchmarks/chaos_collective.py [--tries 5] [--seed 0] [--max-delay 4]
+    python benchmarks/chaos_collective.py [--tries 5] [--seed 0] [--max-delay 4] [--hidden 1024]
 """
 
 from __future__ import annotations
@@ -36,7 +41,9 @@ sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
 from _timing import header  # noqa: E402
 
-RUN = ["algorithm.replicas=3", "resources.transport=collective",
+RUN = ["algorithm.replicas=3", "algorithm.coupling_period=1", "data.batch_size=8",
+       "algorithm.lr=0.01",
+       "model.arch=benchmarks.wide:wide_mlp", "resources.transport=collective",
        "resources.replicas_per_actor=1", "resources.cpus_per_replica=0.5",
        "train.round_timeout_s=20", "train.eval_every=100"]  # fmt: skip
 
@@ -54,9 +61,10 @@ def replica_pids(driver: psutil.Process) -> list[int]:
 
 
 def one_try(
-    storage: Path, data: Path, rounds: int, delay: float, pick: random.Random
+    storage: Path, data: Path, args: argparse.Namespace, delay: float, pick: random.Random
 ) -> dict[str, Any]:
-    sets = [*RUN, f"run.storage={storage}", f"data.root={data}", f"train.rounds={rounds}"]
+    sets = [*RUN, f"run.storage={storage}", f"data.root={data}", f"train.rounds={args.rounds}",
+            f"model.kwargs={{hidden = {args.hidden}}}"]  # fmt: skip
     command = [sys.executable, "-m", "jobs.train", "--config", "jobs/configs/smoke.toml",
                *[a for s in sets for a in ("--set", s)]]  # fmt: skip
     env = {**os.environ, "RAY_ADDRESS": "local", "WV_DASHBOARD": "0"}
@@ -98,7 +106,8 @@ def main() -> None:
     parser.add_argument("--tries", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-delay", type=float, default=4.0)
-    parser.add_argument("--rounds", type=int, default=400)
+    parser.add_argument("--rounds", type=int, default=300)
+    parser.add_argument("--hidden", type=int, default=1024)
     args = parser.parse_args()
     header("Chaos: SIGKILL of a replica process, collective transport", vars(args))
     rng = random.Random(args.seed)
@@ -107,7 +116,7 @@ def main() -> None:
         data = Path(temp) / "data"
         for t in range(args.tries):
             delay = rng.uniform(0, args.max_delay)
-            result = one_try(Path(temp) / f"try{t}", data, args.rounds, delay, rng)
+            result = one_try(Path(temp) / f"try{t}", data, args, delay, rng)
             ok = result["exit"] == 0 and result["killed"] and bool(result["restarts"])
             survived += ok
             print(f"try {t + 1}: delay {delay:.2f} s, exit {result['exit']}, "
