@@ -2,6 +2,7 @@
 # Wide Valley's one entry point: sets up .venv on first use, then runs a command in it.
 #   ./wv.sh train [--config PATH] [--set k=v ...]   the coupled training job (jobs.train)
 #   ./wv.sh test [pytest args]                     ruff, mypy and the whole test suite
+#   ./wv.sh test --quick                           ruff, mypy, the math and in-process tiers
 #   ./wv.sh <module> [args]                        python -m <module> inside the venv
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -31,11 +32,24 @@ setup() {
 }
 
 run_tests() {
+    local quick=0
+    if [ "${1:-}" = "--quick" ]; then
+        quick=1
+        shift
+    fi
     "$VENV/bin/python" -m ruff check .
     "$VENV/bin/python" -m ruff format --check .
     "$VENV/bin/python" -m mypy
     # pytest exits 5 when it collects nothing: that is a failure here, as it should be.
-    "$VENV/bin/python" -m pytest "$@"
+    if [ "$quick" = 1 ]; then
+        # Between edits: no Ray, no subprocess runs (tests marked slow); tests/README.md.
+        "$VENV/bin/python" -m pytest tests/unit tests/inprocess -m "not slow" "$@"
+    elif [ "$#" = 0 ]; then
+        # The whole suite keeps every test's duration for the next session to read.
+        "$VENV/bin/python" -m pytest --junitxml=test-reports/pytest.xml
+    else
+        "$VENV/bin/python" -m pytest "$@"
+    fi
 }
 
 setup

@@ -22,6 +22,7 @@ from jobs.compare.plan import final_jobs, sweep_jobs, untuned
 from jobs.compare.protocol import FlatnessSpec, load_protocol
 from jobs.compare.task import run_job
 
+pytestmark = pytest.mark.slow  # a whole CIFAR-shaped comparison, the slowest in-process test
 CIFAR = CONFIG_DIR / "compare_cifar10.toml"
 
 
