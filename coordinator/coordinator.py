@@ -28,7 +28,7 @@ from torch import Tensor
 from coordinator import checkpoint, report, snapshot
 from coordinator.center import Center, GatheredCenter
 from coordinator.ensemble import annotate, evaluation, headline, headline_value
-from coordinator.failures import MAX_CONSECUTIVE_FAILURES, FailurePolicy, RunFailed
+from coordinator.failures import MAX_CONSECUTIVE_FAILURES, Divergence, FailurePolicy, RunFailed
 from coordinator.groups import (
     KEPT,
     ReplicaGroup,
@@ -47,6 +47,7 @@ from replicas.replica import RoundStats, replica_seed
 
 GroupFactory = Callable[[Config], ReplicaGroup]
 T = TypeVar("T")
+Failed = dict[int, str]  # replica → why it failed this round
 
 CHAIN_BELOW_S = 0.1
 """advance() chains rounds shorter than this: a round's crossing to the replicas and back
@@ -206,7 +207,8 @@ class Coordinator:
         lr, p = self.config.algorithm.lr, self.group.num_params
         formed = self.rule.form(outcomes, good, gamma, lr, p)
         distances = {a: d for a, d in formed.items() if not isinstance(d, ReplicaLost)}
-        failed |= self._lost_forming(r + 1, formed)
+        lost = {a: f"lost: {o.reason}" for a, o in formed.items() if isinstance(o, ReplicaLost)}
+        failed |= self._decided(r + 1, lost, [])  # lost while it was formed (collective)
         for a, reason in failed.items():
             self._restart(r + 1, a, reason)
         center_s = time.perf_counter() - gathered
@@ -267,7 +269,7 @@ class Coordinator:
                 self._restart(r, a, f"lost: {outcome.reason}")
         return outcomes
 
-    def _failures(self, r: int, outcomes: list[RoundOutcome]) -> dict[int, str]:
+    def _failures(self, r: int, outcomes: list[RoundOutcome]) -> Failed:
         """The replicas lost or diverged this round (→ reason); stops the run if the
         failure policy says so."""
         failed, diverged = self.policy.classify(outcomes)
@@ -276,16 +278,11 @@ class Coordinator:
                 "divergence", round=r, replica=d.replica, loss=str(d.loss),
                 last_finite_loss=d.last_finite_loss,
             )  # fmt: skip
-        error = self.policy.decide(r, failed, diverged)
-        if error is not None:
-            self._stop(error)
-        return failed
+        return self._decided(r, failed, diverged)
 
-    def _lost_forming(self, r: int, formed: dict[int, float | ReplicaLost]) -> dict[int, str]:
-        """The replicas lost while the center was formed (→ reason), counted by the
-        failure policy as any other loss of round r."""
-        failed = {a: f"lost: {o.reason}" for a, o in formed.items() if isinstance(o, ReplicaLost)}
-        error = self.policy.decide(r, failed, []) if failed else None
+    def _decided(self, r: int, failed: Failed, diverged: list[Divergence]) -> Failed:
+        """`failed`, once the failure policy has counted them; stops the run if it says so."""
+        error = self.policy.decide(r, failed, diverged)
         if error is not None:
             self._stop(error)
         return failed
@@ -378,15 +375,8 @@ class Coordinator:
         if self.center is None:
             raise RuntimeError("no round has run")
         final_rows = self.rows[-self.group.size :]
-        summary = report.summary(
-            self.config,
-            self.round,
-            last,
-            final_rows,
-            self.center,
-            self.group.num_params,
-            self.parts,
-        )
+        summary = report.summary(self.config, self.round, last, final_rows, self.center,
+                                 self.group.num_params, self.parts)  # fmt: skip
         summary["resumed_from"] = self.resumed_from
         summary["wall_seconds"] = time.time() - self.started
         self.run.write_json("summary.json", summary)
