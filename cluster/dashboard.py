@@ -25,7 +25,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from ray._private import node as ray_node  # Ray's own start of it; the version is pinned
+from cluster import ray_private
 
 
 class _Deferred:
@@ -49,8 +49,8 @@ class _Deferred:
     def _run(self, idle: bool) -> None:
         if idle:
             _lowest_priority()
-        try:  # Ray's own call; raise_on_failure=False: a run goes on without a dashboard
-            _RAY_START(self.node, include_dashboard=self.include_dashboard, raise_on_failure=False)
+        try:  # Ray's own call, which does not raise: a run goes on without a dashboard
+            ray_private.start_dashboard(self.node, self.include_dashboard)
         except BaseException as err:  # said by news(); the run goes on
             self.error = err
         finally:
@@ -74,23 +74,20 @@ def _lowest_priority() -> None:
             os.setpriority(os.PRIO_PROCESS, thread, 19)
 
 
-_RAY_START = ray_node.Node.start_api_server
 _pending: _Deferred | None = None
 
 
 @contextlib.contextmanager
 def deferred() -> Iterator[None]:
-    """Around ray.init of the private local Ray: its dashboard is recorded, not started."""
+    """Around ray.init of the private local Ray: its dashboard is recorded, not started
+    (with WV_PLAIN_RAY=1, ray.init starts it: cluster/ray_private.py)."""
 
     def record(node: Any, *, include_dashboard: bool | None, raise_on_failure: bool) -> None:
         global _pending
         _pending = _Deferred(node, include_dashboard)
 
-    ray_node.Node.start_api_server = record  # type: ignore[method-assign, assignment]
-    try:
+    with ray_private.dashboard_deferred(record):
         yield
-    finally:
-        ray_node.Node.start_api_server = _RAY_START  # type: ignore[method-assign]
 
 
 def start() -> None:

@@ -21,12 +21,12 @@ import logging
 import os
 import subprocess
 import threading
-from collections.abc import Iterator
 from typing import Any
 
+import psutil
 import ray
 
-from cluster import dashboard, reaper
+from cluster import dashboard, ray_private, reaper
 
 # For the private local Ray only (a cluster started elsewhere keeps its own settings):
 # its idle workers import torch while the driver is still starting, so the coordinator
@@ -37,16 +37,6 @@ LOCAL_SYSTEM_CONFIG = {
     "preload_python_modules": ["torch"],
     "max_direct_call_object_size": 1 << 20,
 }
-
-
-def running_local_cluster() -> str | None:
-    """The address of a live cluster that `ray start` left on this machine, if any."""
-    from ray._private import services  # Ray's own lookup; the version is pinned
-
-    address = services.find_bootstrap_address(None)
-    if address is None or not services.find_gcs_addresses():
-        return None  # no record, or a stale one whose GCS is gone
-    return str(address)
 
 
 # Set when connect() started the private local Ray: release() then stops it.
@@ -115,7 +105,13 @@ def _connect(num_cpus: int | None = None) -> str:
     if address and address != "local":
         ray.init(address=address, logging_level=logging.ERROR)
         return f"the Ray cluster at {address}"
-    running = None if address == "local" else running_local_cluster()
+    if ray_private.PLAIN and address != "local":
+        with contextlib.suppress(ConnectionError):  # none running: start a private one
+            ray.init(address="auto", logging_level=logging.ERROR)
+            return "the Ray cluster that `ray start` left running (WV_PLAIN_RAY=1)"
+    running = None
+    if address != "local" and not ray_private.PLAIN:
+        running = ray_private.running_cluster_address()
     if running is not None:
         # No explicit address: only then does Ray use the token that `ray start` wrote
         # (~/.ray/auth_token) without RAY_AUTH_MODE=token, as a plain ray.init() does.
@@ -131,7 +127,8 @@ def _connect(num_cpus: int | None = None) -> str:
     dashboard_options: dict[str, Any] = (
         {"dashboard_host": "127.0.0.1"} if with_dashboard else {"include_dashboard": False}
     )
-    with dashboard.deferred(), _on_loopback():  # the dashboard: here or after round 1
+    before = _children()
+    with dashboard.deferred(), ray_private.on_loopback():  # the dashboard: later
         ray.init(
             address="local",
             num_cpus=num_cpus or os.cpu_count(),
@@ -140,44 +137,22 @@ def _connect(num_cpus: int | None = None) -> str:
             **dashboard_options,
         )
     _started_here = True
-    _watch_for_driver_death()
+    _watch_for_driver_death(sorted(_children() - before))  # Ray's GCS, raylet, dashboard
     cpus = int(ray.cluster_resources().get("CPU", 0))
     if not with_dashboard:
         return f"a local Ray with {cpus} CPUs, no dashboard (WV_DASHBOARD=0)"
     return f"a local Ray with {cpus} CPUs"
 
 
-@contextlib.contextmanager
-def _on_loopback() -> Iterator[None]:
-    """Make the private Ray listen on 127.0.0.1 only: it serves one run on one machine,
-    and a laptop on a café network or a shared box should not offer its GCS, raylet and
-    workers to anyone who can reach it.
-
-    Ray 2.60's gRPC servers (GCS, raylet, workers, agents) bind every interface unless
-    the node's address is 127.0.0.1, and ray.init turns `_node_ip_address="127.0.0.1"`
-    back into the routable address. What makes it choose 127.0.0.1 is the switch it reads
-    on macOS and Windows, where a local Ray is loopback-only by default
-    (ray_constants.ENABLE_RAY_CLUSTER); it is set back as soon as the node is up, so that
-    a later attach to a real cluster registers this machine's routable address."""
-    from ray._private import ray_constants  # the version is pinned
-
-    before = ray_constants.ENABLE_RAY_CLUSTER
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
-        yield
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = before
-
-
-def _watch_for_driver_death() -> None:
+def _watch_for_driver_death(ray_pids: list[int]) -> None:
     """Start the watcher that SIGKILLs this private Ray's leftovers if this process dies
     without release() (a SIGKILL, the OOM killer): cluster/reaper.py says why."""
     global _watcher
-    from ray._private import worker  # this driver's node; Ray is pinned
-
-    node: Any = worker._global_node
-    ray_pids = [info.process.pid for infos in node.all_processes.values() for info in infos]
     _watcher = reaper.start(os.getpid(), ray_pids)
+
+
+def _children() -> set[int]:
+    return {child.pid for child in psutil.Process().children()}
 
 
 def owns_ray() -> bool:
@@ -221,11 +196,5 @@ def _stop_private_ray() -> None:
     if not _started_here:
         return
     _started_here = False
-    from ray._private import ray_constants, worker  # this driver's node; Ray is pinned
-
-    node = worker._global_node
-    if node is not None:
-        for info in node.all_processes.get(ray_constants.PROCESS_TYPE_MONITOR, []):
-            if info.process.poll() is None:
-                info.process.kill()
+    ray_private.kill_monitor()
     ray.shutdown()
