@@ -251,7 +251,7 @@ class CollectiveReplicaGroup(RayReplicaGroup):
 
 
 class SharedCenter:
-    """The coordinator's handle on the center the units keep (coordinator.center.Center)."""
+    """The coordinator's handle on the center the units keep (coordinator.center_keeper.Center)."""
 
     sent = None  # the units pull toward their own copy
 

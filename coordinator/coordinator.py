@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from coordinator import checkpoint, report, snapshot
-from coordinator.center import Center, GatheredCenter
+from coordinator.center_keeper import Center, GatheredCenter
 from coordinator.ensemble import annotate, evaluation, headline, headline_value
 from coordinator.failures import MAX_CONSECUTIVE_FAILURES, Divergence, FailurePolicy, RunFailed
 from coordinator.groups import (

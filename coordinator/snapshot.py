@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 
 from coordinator import checkpoint
-from coordinator.center import Center
+from coordinator.center_keeper import Center
 from coordinator.failures import FailurePolicy
 from coordinator.groups import ReplicaGroup
 from coordinator.resume import ResumeMismatch, check_same_run, rescoped

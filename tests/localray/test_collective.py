@@ -20,7 +20,7 @@ from torch import Tensor
 
 from cluster.actors import RayReplicaGroup
 from cluster.collective import CollectiveMember, CollectiveReplicaGroup, replica_group_class
-from coordinator.center import GatheredCenter
+from coordinator.center_keeper import GatheredCenter
 from coordinator.coordinator import Coordinator
 from coordinator.groups import ReplicaLost
 from foundation.config import Config, load_config
@@ -84,7 +84,7 @@ def test_every_center_rule_agrees_with_the_object_store(
     momentum (packed: 2 replicas a unit); 4 replicas, 8 rounds (rSGD's and Parle's mean is
     the smoke test's).
 
-    Each round, the object store's rule (coordinator/center.py) is applied to the very
+    Each round, the object store's rule (coordinator/center_keeper.py) is applied to the very
     weights the units all-reduced, from the units' own center state before the round, and
     must give the units' new center. A whole run is not compared: the two transports sum
     in another order (gloo's ring against row by row), and that last-bit difference, fed
