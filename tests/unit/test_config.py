@@ -1,5 +1,6 @@
 """Tier 1: config loading, overrides, validation messages and the shipped TOML files."""
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -118,3 +119,21 @@ def test_the_config_knows_every_built_in_part_by_name_without_importing_torch() 
     done = subprocess.run([sys.executable, "-c", program, str(CONFIG_DIR / "default.toml")],
                           capture_output=True, text=True, check=True, cwd=REPO)  # fmt: skip
     assert done.stdout.strip() == "False"
+
+
+def test_the_configuration_reference_is_current_and_explains_every_key() -> None:
+    """docs/config.md is written from the fields and their docstrings; an edit of either
+    that is not written out fails here."""
+    from foundation import config_reference
+
+    undocumented = [
+        f"{section.name}.{f.name}"
+        for section in dataclasses.fields(Config)
+        for f in dataclasses.fields(type(getattr(Config(), section.name)))
+        if (type(getattr(Config(), section.name)).__name__, f.name)
+        not in config_reference.docstrings()
+    ]
+    assert undocumented == []
+    assert config_reference.DOC.read_text() == config_reference.render(), (
+        "docs/config.md is stale: run python -m foundation.config_reference"
+    )
