@@ -25,7 +25,7 @@ import functools
 import os
 import signal
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -34,11 +34,11 @@ from cluster import dashboard
 from cluster.collective import replica_group_class
 from cluster.resources import replica_resources, resolve_packing
 from cluster.session import connect, owns_ray
-from cluster.stopping import RunInterrupted, StopFlag, stop_grace_s, stop_on_signals
+from cluster.stopping import RunInterrupted, stop_grace_s, stop_on_signals
 from cluster.validate import check_parts, on_remote_cluster
 from coordinator.coordinator import Coordinator
 from coordinator.groups import layout
-from coordinator.report import progress_line
+from coordinator.loop import drive
 from coordinator.rundir import RunDir
 from foundation.config import Config
 from foundation.errors import WideValleyError
@@ -73,10 +73,8 @@ class CoordinatorHost:
         self.coordinator = Coordinator(config, group, fresh=fresh, job=job, parts=parts)
         return self.coordinator.status()
 
-    def steps(self, budget_s: float) -> list[dict[str, Any]]:
-        """Rounds until `budget_s` seconds have passed (at least one) or the run is done;
-        one progress record each. A call per round would add a driver-to-coordinator
-        round trip to every round, a visible share of a small model's round."""
+    def advance(self, budget_s: float) -> list[dict[str, Any]]:
+        """Rounds for about `budget_s` seconds (coordinator/loop.py says why batches)."""
         return self.coordinator.advance(budget_s)
 
     def finish(self) -> dict[str, Any]:
@@ -120,12 +118,23 @@ def run(
     tracker = tracking.start(config, RunDir(config.run.storage, config.run.name).path)
     try:
         with stop_on_signals() as stopping:
-            status = host.call("start", config, fresh, job, parts)
+            status = host.start(config, fresh, job, parts)
             if status["resumed_from"] is not None:
                 say(f"wv: resuming from the checkpoint at round {status['resumed_from']}")
-            summary = _rounds(host, config, status["round"], stopping, say, tracker)
+
+            def after_batch() -> None:
+                dashboard.start()  # the private Ray's, once the run is training (no wait)
+                for line in dashboard.news():
+                    say(line)
+                if stopping.signum is not None:
+                    _stop(host, stopping.signum)
+
+            if stopping.signum is not None:  # a signal while the run started
+                _stop(host, stopping.signum)
+            summary = drive(host, status["round"], config.train.rounds, say=say,
+                            tracker=tracker, after_batch=after_batch)  # fmt: skip
         tracker.finish(summary)
-        host.call("shutdown")
+        host.shutdown()
     finally:
         tracker.finish()
         host.close()
@@ -164,8 +173,22 @@ def coordinator_error(err: Exception) -> CoordinatorError:
 
 
 class Host(Protocol):
-    def call(self, method: str, *args: Any, timeout: float | None = None) -> Any:
-        """CoordinatorHost.`method`(*args); `timeout` bounds the wait where it can."""
+    """The CoordinatorHost, wherever it runs (coordinator.loop.Steppable, and more)."""
+
+    def start(
+        self, config: Config, fresh: bool, job: str, parts: Ingredients | None
+    ) -> dict[str, Any]: ...
+
+    def advance(self, budget_s: float) -> list[dict[str, Any]]: ...
+
+    def finish(self) -> dict[str, Any]: ...
+
+    def stop(self, reason: str, timeout: float) -> int | None:
+        """A polite stop's round; None if it took longer than `timeout` (where that can
+        be cut short)."""
+        ...
+
+    def shutdown(self) -> None: ...
 
     def close(self) -> None:
         """Stop the Coordinator and its replicas, whatever state the run is in."""
@@ -182,8 +205,29 @@ class HostActor:
             ray.remote(CoordinatorHost).options(num_cpus=0, scheduling_strategy=here).remote()
         )
 
-    def call(self, method: str, *args: Any, timeout: float | None = None) -> Any:
-        return ray.get(getattr(self.actor, method).remote(*args), timeout=timeout)
+    def start(
+        self, config: Config, fresh: bool, job: str, parts: Ingredients | None
+    ) -> dict[str, Any]:
+        status: dict[str, Any] = ray.get(self.actor.start.remote(config, fresh, job, parts))
+        return status
+
+    def advance(self, budget_s: float) -> list[dict[str, Any]]:
+        progress: list[dict[str, Any]] = ray.get(self.actor.advance.remote(budget_s))
+        return progress
+
+    def finish(self) -> dict[str, Any]:
+        summary: dict[str, Any] = ray.get(self.actor.finish.remote())
+        return summary
+
+    def stop(self, reason: str, timeout: float) -> int | None:
+        try:
+            round_: int = ray.get(self.actor.stop.remote(reason), timeout=timeout)
+        except ray.exceptions.GetTimeoutError:
+            return None  # past the grace: the last periodic checkpoint is what resumes
+        return round_
+
+    def shutdown(self) -> None:
+        ray.get(self.actor.shutdown.remote())
 
     def close(self) -> None:
         ray.kill(self.actor)
@@ -194,16 +238,28 @@ class HostHere:
     cannot be cut short here: the Coordinator's own calls to the replicas have their
     timeouts (train.round_timeout_s), but a polite stop's checkpoint is not bounded by
     stop_grace_s() as it is from the actor. That bound is for `ray job stop`, whose
-    driver runs on a cluster and so takes HostActor."""
+    driver runs on a cluster and so takes HostActor. Its errors come as from the actor
+    (coordinator_error)."""
 
     def __init__(self) -> None:
         self.host = CoordinatorHost()
 
-    def call(self, method: str, *args: Any, timeout: float | None = None) -> Any:
-        try:
-            return getattr(self.host, method)(*args)
-        except Exception as err:  # not KeyboardInterrupt: a second signal stops at once
-            raise coordinator_error(err) from err
+    def start(
+        self, config: Config, fresh: bool, job: str, parts: Ingredients | None
+    ) -> dict[str, Any]:
+        return _as_from_actor(lambda: self.host.start(config, fresh, job, parts))
+
+    def advance(self, budget_s: float) -> list[dict[str, Any]]:
+        return _as_from_actor(lambda: self.host.advance(budget_s))
+
+    def finish(self) -> dict[str, Any]:
+        return _as_from_actor(self.host.finish)
+
+    def stop(self, reason: str, timeout: float) -> int | None:
+        return _as_from_actor(lambda: self.host.stop(reason))
+
+    def shutdown(self) -> None:
+        _as_from_actor(self.host.shutdown)
 
     def close(self) -> None:
         # Idempotent; the replica actors are this process's to stop. Suppressed: on the
@@ -212,40 +268,17 @@ class HostHere:
             self.host.shutdown()
 
 
-# Rounds per driver call last about this long: progress lines and a stop on SIGTERM or
-# SIGINT lag by at most this much (plus one round).
-BATCH_S = 0.25
+R = TypeVar("R")
 
 
-def _rounds(
-    host: Host, config: Config, at: int, stopping: StopFlag, say: Callable[[str], None],
-    tracker: Any,
-) -> dict[str, Any]:  # fmt: skip
-    """Step to the last round and finish, or stop politely on a signal."""
-    budget = 0.0  # the first round is shown as soon as it is done
-    while at < config.train.rounds:
-        if stopping.signum is not None:
-            _stop(host, stopping.signum)
-        for progress in host.call("steps", budget):
-            say(progress_line(progress, config.train.rounds))
-            tracker.log(progress)
-            at = progress["round"]
-        budget = BATCH_S
-        dashboard.start()  # the private Ray's, once the run is training (no wait)
-        for line in dashboard.news():
-            say(line)
-    if stopping.signum is not None:
-        _stop(host, stopping.signum)
-    summary: dict[str, Any] = host.call("finish")
-    return summary
+def _as_from_actor(call: Callable[[], R]) -> R:
+    try:
+        return call()
+    except Exception as err:  # not KeyboardInterrupt: a second signal stops at once
+        raise coordinator_error(err) from err
 
 
 def _stop(host: Host, signum: int) -> None:
     """Checkpoint, log `stopped` and release the run directory within the grace period;
     then end the run (RunInterrupted carries the exit status)."""
-    reason = signal.Signals(signum).name
-    try:
-        round_: int | None = host.call("stop", reason, timeout=stop_grace_s())
-    except ray.exceptions.GetTimeoutError:
-        round_ = None  # past the grace: the last periodic checkpoint is what resumes
-    raise RunInterrupted(signum, round_)
+    raise RunInterrupted(signum, host.stop(signal.Signals(signum).name, stop_grace_s()))

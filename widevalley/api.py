@@ -33,7 +33,7 @@ from cluster.collective import replica_group_class
 from cluster.validate import check_parts, on_remote_cluster
 from coordinator.coordinator import Coordinator, GroupFactory
 from coordinator.groups import LocalGroup, layout
-from coordinator.report import progress_line
+from coordinator.loop import drive
 from coordinator.rundir import RunDir
 from foundation.config import Config, to_toml
 from foundation.errors import WideValleyError
@@ -167,14 +167,14 @@ def _run_here(
     if donor is not None:  # the config this run goes on with (the checkpoint keeps the donor's)
         coordinator.run.write_text("config.toml", to_toml(config))
     tracker = tracking.start(config, coordinator.run.path, group=wandb_group)
+
+    def on_progress(progress: dict[str, Any]) -> None:
+        if reporter is not None:
+            reporter.progress(coordinator, progress)
+
     try:
-        while not coordinator.done:
-            for progress in coordinator.advance(driver.BATCH_S):
-                say(progress_line(progress, config.train.rounds))
-                tracker.log(progress)
-                if reporter is not None:  # an evaluated round is always advance()'s last
-                    reporter.progress(coordinator, progress)
-        summary = coordinator.finish()
+        summary = drive(coordinator, coordinator.round, config.train.rounds, say=say,
+                        tracker=tracker, on_progress=on_progress)  # fmt: skip
         tracker.finish(summary)
         if reporter is not None:
             reporter.final(coordinator, summary)

@@ -21,6 +21,7 @@ from coordinator import checkpoint
 from coordinator.coordinator import Coordinator
 from coordinator.ensemble import ensemble_scores
 from coordinator.groups import LocalGroup
+from coordinator.loop import drive
 from coordinator.rundir import RunDir
 from foundation.config import Config, config_from_text, to_toml
 from foundation.data import Dataset
@@ -129,10 +130,10 @@ def _finished(run: RunDir, config: Config, phase: str) -> bool:
 
 def _train(config: Config) -> None:
     coordinator = Coordinator(config, LocalGroup, fresh=True)
-    while not coordinator.done:
-        coordinator.step()
-    coordinator.finish()
-    coordinator.shutdown()
+    try:
+        drive(coordinator, coordinator.round, config.train.rounds)
+    finally:
+        coordinator.shutdown()
 
 
 def run_job(config_toml: str, method: str, phase: str, flat: FlatnessSpec) -> dict[str, Any]:

@@ -37,12 +37,12 @@ def test_exit_now_runs_the_exit_handlers_flushes_and_keeps_the_status() -> None:
 
 
 class _FailingHost:
-    """Stands in for CoordinatorHost: steps() raises `error`; shutdown() is recorded."""
+    """Stands in for CoordinatorHost: advance() raises `error`; shutdown() is recorded."""
 
     def __init__(self, error: Exception) -> None:
         self.error, self.closed = error, False
 
-    def steps(self, budget_s: float) -> None:
+    def advance(self, budget_s: float) -> None:
         raise self.error
 
     def shutdown(self) -> None:
@@ -69,7 +69,7 @@ def test_an_error_of_the_coordinator_in_this_process_exits_as_from_an_actor(
 
     def body() -> int:
         try:
-            host.call("steps", 0.25)
+            host.advance(0.25)
         finally:
             host.close()
         return 0
