@@ -49,23 +49,27 @@ LONG = ["--config", "jobs/configs/smoke.toml", "--set", "train.rounds=600",
         "--set", "train.checkpoint_every=25", "--set", "train.eval_every=200"]  # fmt: skip
 
 
-def uninterrupted_sha(tmp_path: Path, env: dict[str, str]) -> str:
-    """The same run without interruption, in-process (the transport changes no bit)."""
+@pytest.fixture(scope="module")
+def uninterrupted_sha(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The LONG run without interruption, in-process (the transport changes no bit):
+    the center both resume tests must end with, computed once for both."""
     from coordinator.coordinator import Coordinator
     from coordinator.groups import LocalGroup
     from foundation.config import load_config
 
+    where = tmp_path_factory.mktemp("whole")
     sets = [LONG[i + 1] for i in range(2, len(LONG), 2)]
-    sets += [f"run.storage={tmp_path / 'whole'}", f"data.root={tmp_path / 'data'}"]
+    sets += [f"run.storage={where / 'runs'}", f"data.root={where / 'data'}"]
     coordinator = Coordinator(load_config(REPO / LONG[1], sets), LocalGroup)
     while not coordinator.done:
         coordinator.step()
     sha: str = coordinator.finish()["center_sha256"]
+    coordinator.shutdown()
     return sha
 
 
 def test_ray_job_stop_then_resubmit_resumes_to_the_same_center(
-    head: tuple[str, dict[str, str]], ray_cli: RayCli, tmp_path: Path
+    head: tuple[str, dict[str, str]], ray_cli: RayCli, tmp_path: Path, uninterrupted_sha: str
 ) -> None:
     address, env = head
     args = [
@@ -97,10 +101,12 @@ def test_ray_job_stop_then_resubmit_resumes_to_the_same_center(
     assert resumed is not None and 0 < int(resumed.group(1)) < 600, output
     summary = json.loads((tmp_path / "runs" / "smoke" / "summary.json").read_text())
     assert summary["resumed_from"] == int(resumed.group(1))
-    assert summary["center_sha256"] == uninterrupted_sha(tmp_path, env)
+    assert summary["center_sha256"] == uninterrupted_sha
 
 
-def test_driver_killed_with_sigkill_resumes_to_the_same_center(tmp_path: Path) -> None:
+def test_driver_killed_with_sigkill_resumes_to_the_same_center(
+    tmp_path: Path, uninterrupted_sha: str
+) -> None:
     if ray.is_initialized():
         ray.shutdown()
     args = [
@@ -128,4 +134,4 @@ def test_driver_killed_with_sigkill_resumes_to_the_same_center(tmp_path: Path) -
     assert again.returncode == 0, again.stdout + again.stderr
     assert "resuming from the checkpoint at round 25" in again.stdout
     summary = json.loads((tmp_path / "runs" / "smoke" / "summary.json").read_text())
-    assert summary["center_sha256"] == uninterrupted_sha(tmp_path, env)
+    assert summary["center_sha256"] == uninterrupted_sha
