@@ -236,7 +236,7 @@ class RayReplicaGroup:
     def _share(center: np.ndarray | None) -> Any:
         """A large center is put once and every replica reads that one object-store copy;
         a small one (under Ray's inline limit) rides inside each call, which saves the
-        object-store round trip that dominates the coupling cost of small models (P1)."""
+        object-store round trip that dominates the coupling cost of small models."""
         if center is None or center.nbytes < INLINE_BYTES:
             return center
         return ray.put(center)

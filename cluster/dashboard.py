@@ -4,7 +4,7 @@ Ray starts a head's dashboard before its raylet, and waits until the dashboard h
 loaded all of its modules (up to a minute) before it starts the raylet. Nothing a run
 needs goes through the dashboard, which is only for watching. On the 2-core box that
 wait, and the CPU the dashboard's processes took from the rest of the start, were a
-large share of the time to the first round (P5 in docs/performance.md). So on the
+large share of the time to the first round. So on the
 private Ray that this process starts (cluster/session.py), Ray's call that starts the
 dashboard is recorded instead of made (`deferred`), and made later: by a run once it
 is training, at the lowest CPU priority (`start`); by the other commands right after
@@ -63,9 +63,9 @@ def _lowest_priority() -> None:
     SCHED_IDLE (Linux keeps the policy per thread; a child takes its creator's): the
     dashboard then runs on what CPU the run leaves. On Ray's priority, or even at nice
     19, its start took cores from the replicas' two torch threads, and a step waits for
-    the slower thread: whole runs of the default were slower (P7 in
-    docs/performance.md). Where the run keeps every core busy, the dashboard comes up
-    late, or not before a short run ends. Elsewhere than Linux: nice 19, if it can."""
+    the slower thread: whole runs of the default were slower. Where the run keeps every
+    core busy, the dashboard comes up late, or not before a short run ends. Elsewhere
+    than Linux: nice 19, if it can."""
     thread = threading.get_native_id()
     try:
         os.sched_setscheduler(thread, os.SCHED_IDLE, os.sched_param(0))

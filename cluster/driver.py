@@ -14,8 +14,8 @@ Where the Coordinator runs:
 - on the private local Ray that this process started (cluster/session.py): in this
   process. That Ray has one node, this one, and this process already holds torch and
   the Coordinator's code; an actor would add one more Python worker importing torch to
-  the start of every run, on the same cores as the replicas' (P5 in
-  docs/performance.md). The replicas are Ray actors either way.
+  the start of every run, on the same cores as the replicas'. The replicas are Ray
+  actors either way.
 """
 
 from __future__ import annotations

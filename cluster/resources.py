@@ -11,8 +11,8 @@ are bound by CPU or memory bandwidth get a machine each.
 resources.replicas_per_actor = 0 (auto, the default) is made explicit by the driver for
 the cluster it runs on (resolve_packing): with more replicas than CPUs on one node, one
 actor per replica only queues them for the cores and adds a Ray call per replica per
-round, while one actor stepping all of them with batched kernels over every core wins
-(docs/performance.md, P2 and P7).
+round, while one actor stepping all of them with batched kernels over every core is
+faster (measured in docs/performance.md).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from foundation.errors import WideValleyError
 
 STRATEGIES = {"compact": "PACK", "spread": "SPREAD"}
 # Plain Sequentials that replicas/packed_forward.py steps with batched kernels; other
-# models would pack under vmap, which P2 measured slower than one replica at a time.
+# models would pack under vmap, whose batching rules cost more than they save on CPU.
 AUTO_PACKED_ARCHS = ("mlp", "cnn1d")
 
 

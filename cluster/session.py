@@ -7,8 +7,7 @@ Which Ray a run uses, in order:
    started a head on purpose expects their runs on it; RAY_ADDRESS=local opts out.
 3. Otherwise a private local Ray with this machine's CPUs, its dashboard on 127.0.0.1,
    started after Ray's other processes (cluster/dashboard.py; in a run, once its first
-   round is done). WV_DASHBOARD=0: without one, which leaves the cores to training;
-   docs/performance.md measures both, P5 and P7.
+   round is done). WV_DASHBOARD=0: without one, which leaves the cores to training.
 
 connect_in_background() begins the same on a thread (jobs/train.py, while it imports
 torch); release() stops the private Ray that this process started, and nothing else.
@@ -32,7 +31,7 @@ from cluster import dashboard, ray_private, reaper
 # its idle workers import torch while the driver is still starting, so the coordinator
 # and replica actors that take them skip that import; and a round's result of up to
 # 1 MiB (4 replicas of the default MLP: 240 KB) returns inside the reply instead of
-# through the object store. P7 measured the default with both (docs/performance.md).
+# through the object store.
 LOCAL_SYSTEM_CONFIG = {
     "preload_python_modules": ["torch"],
     "max_direct_call_object_size": 1 << 20,
@@ -78,7 +77,7 @@ _starter: _Starter | None = None
 
 def connect_in_background() -> None:
     """Begin connect() on a thread, while the caller goes on (jobs/train.py imports torch
-    and checks its inputs meanwhile: docs/performance.md, P5 and P7); the next connect()
+    and checks its inputs meanwhile, much of Ray's start being a wait); the next connect()
     waits for it and returns its line (or raises its error)."""
     global _starter
     if _starter is None and not ray.is_initialized():
@@ -167,9 +166,9 @@ def release() -> None:
     Called explicitly, ray.shutdown() skips the half second it sleeps at interpreter exit.
     It stops Ray's processes one after another, each first with SIGTERM and, if still
     there a second later, SIGKILL; the autoscaler monitor took that whole second each
-    time we timed it, so it gets its SIGKILL now (P7's finish and exit, in
-    docs/performance.md). Sending SIGTERM to all at once is not safe: the raylet, with
-    the GCS already gone, left its agents running for up to a minute."""
+    time we timed it, so it gets its SIGKILL now. Sending SIGTERM to all at once is not
+    safe: the raylet, with the GCS already gone, left its agents running for up to a
+    minute."""
     global _starter
     starter, _starter = _starter, None
     if starter is not None:

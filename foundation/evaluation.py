@@ -18,7 +18,7 @@ from flatmath.flat import unflatten_state_
 from foundation.data import Dataset, Split
 from foundation.registry import LossFn, MetricFn, accuracy, as_float
 
-EVAL_CHUNK = 64  # evaluation forwards: 1000 ResNet-18 images at once cost ~1.3 GiB, 64 ~0.1 (P6)
+EVAL_CHUNK = 64  # evaluation forwards in chunks: all test images of ResNet-18 at once take GiBs
 EVAL_TRAIN_SAMPLES = 10_000  # train accuracy on a fixed prefix: enough to read a gap
 
 

@@ -38,7 +38,7 @@ def exit_now(code: int) -> NoReturn:
     The exit handlers run (logging's, W&B's, those of imported user code) and the output
     is flushed; what is skipped is freeing the modules one by one, which after a run
     took longer than the rest of the exit on the 2-core box (torch's, gRPC's and Ray's
-    libraries; P7 in docs/performance.md) and frees nothing the OS does not take back. For
+    libraries) and frees nothing the OS does not take back. For
     `python -m` entry points only: a function called in-process must return instead."""
     atexit._run_exitfuncs()
     sys.stdout.flush()

@@ -32,8 +32,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def start_ray_early(args: argparse.Namespace) -> None:
     """Start Ray on a thread now if the config loads, its storage can be written and its
     run directory is free, so that Ray's start-up (much of it waiting for its own
-    processes) overlaps the imports of torch and the rest and the input checks; P5's
-    `--phases` times each step (docs/performance.md, P5 and P7).
+    processes) overlaps the imports of torch and the rest and the input checks
+    (benchmarks/p5_startup.py --phases times each step).
 
     Bad input found here starts nothing: the command finds it again and reports it, with
     no Ray started. Nor does a config that names user code: that code is checked first,

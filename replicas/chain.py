@@ -1,8 +1,8 @@
 """Several rounds in one call, when one unit holds every replica.
 
 Each round's Ray crossing (coordinator → unit → coordinator) leaves the unit idle, and
-for a small model it is a visible share of the round (P7 in docs/performance.md: the
-embedded default, 4 packed MLP replicas, 600 rounds). When one unit holds all the
+for a small model (the embedded default: 4 packed MLP replicas) it is a visible share of
+the round. When one unit holds all the
 replicas it has every weight the center is formed from, so it can form the center
 itself and go straight on to the next round. The unit gets the coordinator's center
 state and the (γ, ρ) of the rounds planned, and applies flatmath.center.CenterRule

@@ -40,7 +40,7 @@ class PackedReplicas:
         config: Config,
         device: str = "cpu",
         threads: int = 0,
-        force_vmap: bool = False,  # tests and P2 compare both forwards
+        force_vmap: bool = False,  # tests and benchmarks/p2_packed.py compare both forwards
         parts: Ingredients | None = None,
     ) -> None:
         # One copy of the data for all members (p copies would cost p × a CIFAR-10).

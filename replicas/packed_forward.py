@@ -2,8 +2,8 @@
 
 torch.func's vmap runs any model over stacked weights, but on CPU its batching rules
 cost more than they save for the small layers of our MNIST-1D models: 8 cnn1d replicas
-packed with vmap step slower than the 8 stepped one after another (P2 with
---force-vmap, docs/performance.md). A Sequential of the common layers can instead be
+packed with vmap step slower than the 8 stepped one after another
+(benchmarks/p2_packed.py --force-vmap). A Sequential of the common layers can instead be
 written directly as batched matrix products over the replica axis: Linear is one
 baddbmm, Conv1d is an im2col and one baddbmm, BatchNorm normalizes p·C channels at
 once. `compile_packed` returns that forward for a model made only of such layers, and

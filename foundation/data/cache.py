@@ -115,7 +115,7 @@ def read_split(split_dir: Path, name: str) -> Split:
 
 def _read_shard(path: Path) -> pa.Table:
     # ParquetFile, not pq.read_table: that one imports pyarrow.dataset and, with it,
-    # pandas, in every replica actor's start (P5 in docs/performance.md).
+    # pandas, in every replica actor's start (a heavy import).
     try:
         with pq.ParquetFile(path) as shard:
             return shard.read()
@@ -179,8 +179,8 @@ def _to_split(split_dir: Path, tables: list[pa.Table], meta: dict[str, Any], nam
 
 def _as_numpy(values: pa.Array, dtype: np.dtype) -> np.ndarray:
     """A primitive array without nulls as a (read-only) numpy view of its data buffer.
-    Not Arrow's to_numpy(): it imports pandas in every replica actor's start (P5 in
-    docs/performance.md). The schema was checked against `dtype` (_check_shards)."""
+    Not Arrow's to_numpy(): it imports pandas in every replica actor's start. The schema
+    was checked against `dtype` (_check_shards)."""
     if len(values) == 0:  # an empty array may have no data buffer at all
         return np.empty(0, dtype=dtype)
     start = values.offset * dtype.itemsize

@@ -1,6 +1,6 @@
 """Reading the Parquet data cache (foundation/data/cache.py): exact values, missing
 values refused, and without pandas (Arrow's to_numpy imports it, in every replica
-actor's start, P5 in docs/performance.md)."""
+actor's start)."""
 
 from __future__ import annotations
 
