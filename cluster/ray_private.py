@@ -12,7 +12,7 @@ WV_PLAIN_RAY=1 turns all four off: the private Ray is then started and stopped w
 plain `ray.init()`/`ray.shutdown()` and Ray's defaults (its dashboard started by
 ray.init, every interface, a running `ray start` cluster found by ray.init itself),
 for a Ray version whose internals moved. The numbers a run computes are the same
-either way (tests/e2e/test_private_ray.py).
+either way (the SIGTERM test of tests/e2e/test_polite_stop.py resumes on one).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.e2e
 
 
-def test_submitted_smoke_job_matches_a_local_run(
+def test_submitted_smoke_job_matches_the_run_in_this_process(
     head: tuple[str, dict[str, str]], ray_cli: RayCli, tmp_path: Path
 ) -> None:
     address, env = head
@@ -35,14 +35,18 @@ def test_submitted_smoke_job_matches_a_local_run(
     assert "round    20/20" in output and "center_sha256" in output
     summary = json.loads((storage / "smoke" / "summary.json").read_text())
 
-    local = subprocess.run(
-        [sys.executable, "-m", "jobs.train", "--config", "jobs/configs/smoke.toml",
-         "--set", f"run.storage={tmp_path / 'local'}", "--set", f"data.root={tmp_path / 'data'}"],
-        cwd=REPO, env={k: v for k, v in env.items() if k != "RAY_ADDRESS"},
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    assert local.returncode == 0, local.stdout + local.stderr
-    assert f"center_sha256 {summary['center_sha256']}" in local.stdout
+    # The same run in this process: the transport changes no bit (a private local Ray's
+    # runs are checked against it too: tests/localray/test_replica_actors.py).
+    from coordinator.coordinator import Coordinator
+    from coordinator.groups import LocalGroup
+    from foundation.config import load_config
+
+    sets = [f"run.storage={tmp_path / 'here'}", f"data.root={tmp_path / 'data'}"]
+    here = Coordinator(load_config(REPO / "jobs/configs/smoke.toml", sets), LocalGroup)
+    while not here.done:
+        here.step()
+    assert here.finish()["center_sha256"] == summary["center_sha256"]
+    here.shutdown()
 
 
 LONG = ["--config", "jobs/configs/smoke.toml", "--set", "train.rounds=600",

@@ -2,7 +2,8 @@
 
 SIGTERM (what `ray job stop` and Kubernetes send) and SIGINT stop a run at the next
 round with a checkpoint and a `stopped` event, exit 143 or 130, and the rerun resumes
-to the center of an uninterrupted run. Two runs started together on one run directory:
+to the center of an uninterrupted run (the SIGTERM test's rerun on a private Ray started
+with plain ray.init(), WV_PLAIN_RAY=1). Two runs started together on one run directory:
 one trains, the other fails with one line naming it (and the winner's own process, where
 its Coordinator runs); the winner's dashboard comes up after its first round and goes
 with it.
@@ -105,10 +106,11 @@ def test_sigterm_checkpoints_stops_and_the_rerun_resumes_exactly(tmp_path: Path)
     assert "Traceback" not in err and "SIGTERM received" not in err
     assert (tmp_path / "runs" / "smoke" / "checkpoints" / f"round-{stopped_at:06d}").is_dir()
 
-    rerun = subprocess.run(
-        command(tmp_path), cwd=REPO, env={**os.environ, "RAY_ADDRESS": "local"},
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
+    # The rerun starts its private Ray with plain ray.init() (WV_PLAIN_RAY=1: none of
+    # Ray's private API, cluster/ray_private.py): the numbers do not depend on how.
+    plain = {**os.environ, "RAY_ADDRESS": "local", "WV_PLAIN_RAY": "1", "WV_DASHBOARD": "0"}
+    rerun = subprocess.run(command(tmp_path), cwd=REPO, env=plain, capture_output=True,
+                           text=True, timeout=300, check=False)  # fmt: skip
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert f"resuming from the checkpoint at round {stopped_at}" in rerun.stdout
     assert f"center_sha256 {uninterrupted_sha(tmp_path)}" in rerun.stdout

@@ -4,13 +4,12 @@ connect(), as `python -m jobs.train` and `widevalley.fit` call it).
 While it lives, every one of its processes listens on loopback only (GCS, raylet,
 workers and the dashboard agent listened on every interface); and a driver killed with
 SIGKILL takes all of them with it within seconds (the raylet's two agents were alive a
-minute later): cluster/session.py and cluster/reaper.py. And with WV_PLAIN_RAY=1 (none of
-Ray's private API) a run computes the same center.
+minute later): cluster/session.py and cluster/reaper.py. (WV_PLAIN_RAY=1, a private Ray
+without Ray's private API, is run by tests/e2e/test_polite_stop.py's SIGTERM test.)
 """
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -18,10 +17,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-
-from coordinator.coordinator import Coordinator
-from coordinator.groups import LocalGroup
-from foundation.config import load_config
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
@@ -71,24 +66,3 @@ def test_a_private_ray_listens_on_loopback_only_and_dies_with_its_driver() -> No
         proc.communicate(timeout=60)
     _, alive = psutil.wait_procs(ray_processes, timeout=5)
     assert [names[p.pid] for p in alive] == []
-
-
-def test_plain_ray_init_and_shutdown_give_the_same_center(tmp_path: Path) -> None:
-    """WV_PLAIN_RAY=1 (cluster/ray_private.py): none of Ray's private API, the private Ray
-    started and stopped as Ray does it; the run computes what the in-process run does."""
-    sets = [f"run.storage={tmp_path / 'runs'}", f"data.root={tmp_path / 'data'}",
-            "train.rounds=4", "train.eval_every=4"]  # fmt: skip
-    env = {**os.environ, "RAY_ADDRESS": "local", "WV_PLAIN_RAY": "1", "WV_DASHBOARD": "0"}
-    done = subprocess.run(
-        [sys.executable, "-m", "jobs.train", "--config", "jobs/configs/smoke.toml",
-         *[arg for item in sets for arg in ("--set", item)]],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
-    summary = json.loads((tmp_path / "runs" / "smoke" / "summary.json").read_text())
-    sets[0] = f"run.storage={tmp_path / 'here'}"
-    coordinator = Coordinator(load_config(REPO / "jobs/configs/smoke.toml", sets), LocalGroup)
-    while not coordinator.done:
-        coordinator.step()
-    assert summary["center_sha256"] == coordinator.finish()["center_sha256"]
-    coordinator.shutdown()
