@@ -31,6 +31,7 @@ from _timing import header  # noqa: E402
 from tests.support import (  # noqa: E402
     BIN,
     free_port,
+    listening,
     node_ports,
     ray_start,
     session_processes,
@@ -61,14 +62,8 @@ def kind_of(ip: str) -> str:
 def listeners(pids: list[int]) -> dict[str, set[str]]:
     """Process name -> the kinds of address it listens on."""
     found: dict[str, set[str]] = defaultdict(set)
-    for pid in pids:
-        try:
-            process = psutil.Process(pid)
-            for socket in process.net_connections(kind="tcp"):
-                if socket.status == psutil.CONN_LISTEN:
-                    found[process.name()].add(kind_of(socket.laddr.ip))
-        except psutil.Error:
-            continue
+    for name, ip in listening(pids):
+        found[name].add(kind_of(ip))
     return found
 
 

@@ -3,13 +3,14 @@
 Ray ties the GCS and the raylet to the driver that started them (a parent-death signal),
 and replica workers leave with their raylet; but the raylet's two agents
 (ray::DashboardAgent, ray::RuntimeEnvAgent) notice a dead raylet only after five
-checks and then wait on the dead GCS: after a SIGKILLed driver we saw both alive a
-minute later, holding ports and memory. This process, started right after the private
-Ray (cluster/session.py), watches the driver; when the driver dies, however it died, it
-SIGKILLs every process of that Ray still there. The driver's death shows twice: the pipe
-to this process's stdin closes (the kernel closes a dead process's files) and, on Linux
-5.3+, a pidfd of the driver becomes readable. When the driver stops its Ray itself, it
-writes "q" to that pipe first (stop()), and this process exits without touching anything.
+checks and then wait on the dead GCS: after a SIGKILLed driver both were still there
+when tests/e2e/test_private_ray.py stopped waiting (5 s), holding ports and memory.
+This process, started right after the private Ray (cluster/session.py), watches the
+driver; when the driver dies, however it died, it SIGKILLs every process of that Ray
+still there. The driver's death shows twice: the pipe to this process's stdin closes
+(the kernel closes a dead process's files) and, on Linux 5.3+, a pidfd of the driver
+becomes readable. When the driver stops its Ray itself, it writes "q" to that pipe
+first (stop()), and this process exits without touching anything.
 
 It knows Ray's processes as the ones the driver started for Ray (passed as arguments)
 and everything below them, refreshed every second while the driver lives, so workers

@@ -230,3 +230,20 @@ def replica_title_on(sid: int) -> str:
         if title.startswith((b"ray::Replica", b"ray::PackedReplicas")):
             return title.decode(errors="replace").strip()
     return ""
+
+
+def listening(pids: list[int]) -> set[tuple[str, str]]:
+    """(process name, address) of every TCP socket these processes listen on (psutil;
+    a process that ended meanwhile is skipped)."""
+    import psutil
+
+    found = set()
+    for pid in pids:
+        try:
+            process = psutil.Process(pid)
+            for sock in process.net_connections(kind="tcp"):
+                if sock.status == psutil.CONN_LISTEN:
+                    found.add((process.name(), sock.laddr.ip))
+        except psutil.Error:
+            continue
+    return found

@@ -3,8 +3,8 @@ connect(), as `python -m jobs.train` and `widevalley.fit` call it).
 
 While it lives, every one of its processes listens on loopback only (GCS, raylet,
 workers and the dashboard agent listened on every interface); and a driver killed with
-SIGKILL takes all of them with it within seconds (the raylet's two agents were alive a
-minute later): cluster/session.py and cluster/reaper.py. (WV_PLAIN_RAY=1, a private Ray
+SIGKILL takes all of them with it within 5 s (the raylet's two agents were left over):
+cluster/session.py and cluster/reaper.py. (WV_PLAIN_RAY=1, a private Ray
 without Ray's private API, is run by tests/e2e/test_polite_stop.py's SIGTERM test.)
 """
 
@@ -17,6 +17,8 @@ from pathlib import Path
 
 import psutil
 import pytest
+
+from tests.support import listening
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
@@ -34,19 +36,6 @@ time.sleep(600)
 """
 
 
-def listening(processes: list[psutil.Process]) -> set[tuple[str, str]]:
-    """(process name, address) of every TCP socket these processes listen on."""
-    found = set()
-    for process in processes:
-        try:
-            for socket in process.net_connections(kind="tcp"):
-                if socket.status == psutil.CONN_LISTEN:
-                    found.add((process.name(), socket.laddr.ip))
-        except psutil.NoSuchProcess:
-            continue
-    return found
-
-
 def test_a_private_ray_listens_on_loopback_only_and_dies_with_its_driver() -> None:
     env = {**os.environ, "RAY_ADDRESS": "local"}  # private, whatever else runs here
     proc = subprocess.Popen(
@@ -58,7 +47,7 @@ def test_a_private_ray_listens_on_loopback_only_and_dies_with_its_driver() -> No
         driver = psutil.Process(proc.pid)
         ray_processes = driver.children(recursive=True)
         names = {p.pid: p.name() for p in ray_processes}
-        sockets = listening([driver, *ray_processes])
+        sockets = listening([driver.pid, *(p.pid for p in ray_processes)])
         assert {"gcs_server", "raylet", "ray::DashboardAgent"} <= {name for name, _ in sockets}
         assert {(n, ip) for n, ip in sockets if ip not in LOOPBACK} == set(), sockets
     finally:
