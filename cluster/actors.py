@@ -18,7 +18,6 @@ stops with one line (CapacityError).
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any
@@ -30,19 +29,25 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from cluster.resources import STRATEGIES, unit_bundles
 from coordinator.groups import (
+    CenterView,
+    Plan,
     ReplicaLost,
     ReplicasLost,
     RoundOutcome,
+    Rounds,
     StartLoss,
     as_list,
+    chained,
     layout,
     locate,
+    lost_chain,
+    one_round,
     unpack,
 )
 from foundation.config import Config
 from foundation.errors import WideValleyError
 from foundation.ingredients import Ingredients
-from replicas.chain import Chain, Chaining
+from replicas.chain import Chaining
 from replicas.packed import PackedReplicas
 from replicas.replica import Replica
 
@@ -218,19 +223,20 @@ class RayReplicaGroup:
 
     @property
     def chains(self) -> bool:
+        """Whether one unit holds every replica, and so can form the center itself."""
         return len(self.units_of) == 1
 
-    def run_rounds(
-        self, center: dict[str, Any], plan: list[tuple[float, float]], budget_s: float
-    ) -> Chain | ReplicaLost:
+    def run_rounds(self, center: CenterView, plan: Plan, budget_s: float) -> Rounds:
+        if len(plan) == 1 or not self.chains:
+            return one_round(self.run_round, center, plan)
         self.given.clear()
         # The chain ends with the first round past the budget: allow one round beyond it.
         timeout = budget_s + self.config.train.round_timeout_s
-        [outcome] = self._call(lambda u, a: a.rounds.remote(center, plan, budget_s), timeout)
+        state = center.state_dict()
+        [outcome] = self._call(lambda u, a: a.rounds.remote(state, plan, budget_s), timeout)
         if isinstance(outcome, ReplicaLost):
-            return outcome
-        chain: Chain = outcome
-        return dataclasses.replace(chain, last=unpack(chain.last, self.packed))
+            return lost_chain(outcome, self.size)
+        return chained(outcome, self.packed)
 
     @staticmethod
     def _share(center: np.ndarray | None) -> Any:

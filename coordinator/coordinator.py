@@ -6,10 +6,11 @@ happens to them), form the new center (the mean, or EASGD's explicit w̃), advan
 scoping schedules, record one metrics row per replica, and every E rounds evaluate the
 center, the replicas and their ensemble. The replicas sit behind a ReplicaGroup
 (groups.py): in-process objects or Ray actors (cluster/actors.py), so tests step this
-class without a cluster. Where one unit holds every replica and rounds are short,
-advance() lets that unit run several rounds per call and form their centers itself
-(replicas/chain.py); the coordinator then records those rounds and closes the last one
-as above. Every C rounds (and at the end) a checkpoint; a new Coordinator
+class without a cluster. Every call to the group is run_rounds(plan): where one unit
+holds every replica and rounds are short, that unit runs the plan's rounds in one call
+and forms their centers itself (replicas/chain.py), else the group runs the first round
+alone; either way the coordinator records the rounds formed and forms the last as
+above (one step path: _rounds). Every C rounds (and at the end) a checkpoint; a new Coordinator
 on the same run directory resumes from the newest good one (resume.py). The run holds
 its directory's lease (lease.py) from its first write to its end.
 """
@@ -31,10 +32,12 @@ from coordinator.ensemble import annotate, evaluation, headline, headline_value
 from coordinator.failures import MAX_CONSECUTIVE_FAILURES, Divergence, FailurePolicy, RunFailed
 from coordinator.groups import (
     KEPT,
+    Plan,
     ReplicaGroup,
     ReplicaLost,
     ReplicasLost,
     RoundOutcome,
+    Rounds,
     delivered,
 )
 from coordinator.lease import Lease, LeaseLost
@@ -50,9 +53,9 @@ T = TypeVar("T")
 Failed = dict[int, str]  # replica → why it failed this round
 
 CHAIN_BELOW_S = 0.1
-"""advance() chains rounds shorter than this: a round's crossing to the replicas and back
-is then a visible share of it; a longer round gains little, and its chain would carry
-the center's whole state (a large model's) to the unit on every call."""
+"""advance() plans several rounds a call when rounds are shorter than this: a round's
+crossing to the replicas and back is then a visible share of it; a longer round gains
+little, and a chain carries the center's whole state (a large model's) on every call."""
 
 
 class Coordinator:
@@ -140,50 +143,31 @@ class Coordinator:
 
     def step(self) -> dict[str, Any]:
         """Run one round; returns a short progress record for the driver to print."""
-        return self._writing(self._step)
+        [record] = self._writing(self._rounds, self._plan(chain=False), 0.0)
+        return record
 
     def advance(self, budget_s: float) -> list[dict[str, Any]]:
         """Rounds until `budget_s` seconds have passed (at least one), a round was
         evaluated (a caller that acts on evaluations, as Tune's reporter does, then finds
-        the coordinator at that round) or the run is done; one progress record each.
-        Where one unit holds every replica and rounds are short, it runs several rounds
-        per call and forms their centers itself (replicas/chain.py): the same numbers,
-        without a crossing per round."""
+        the coordinator at that round) or the run is done; one progress record each."""
         deadline, records = time.perf_counter() + budget_s, []
         while not self.done:
-            records += self._writing(self._chain_or_step, deadline)
+            plan = self._plan(chain=True)
+            records += self._writing(self._rounds, plan, deadline - time.perf_counter())
             if time.perf_counter() >= deadline or "headline" in records[-1]:
                 break
         return records
 
-    def _chain_or_step(self, deadline: float) -> list[dict[str, Any]]:
-        if not self._chains():
-            return [self._step()]
-        return self._chain(deadline - time.perf_counter())
-
-    def _chains(self) -> bool:
-        # Round 1 measures the automatic γ0 that every later round's γ depends on.
-        return self.group.chains and self.round > 0 and self._last_round_s < CHAIN_BELOW_S
-
-    def _chain(self, budget_s: float) -> list[dict[str, Any]]:
-        """The rounds up to the next evaluation, checkpoint or the end, in one call; the
-        last comes back unformed and is closed here as any other round."""
+    def _plan(self, chain: bool) -> Plan:
+        """(γ, ρ) of the rounds the next call to the group may run. Chained: up to the next
+        evaluation, checkpoint or the end, when rounds are short (a crossing to the
+        replicas and back is then a visible share of each; a group that cannot chain
+        runs the first alone). Else this round alone; round 1 always, since it measures
+        the automatic γ0 that every later round's γ depends on."""
         r = self.round
-        plan = [(self.gamma.value(q), self.rho.value(q)) for q in range(r, self._next_stop())]
-        chain = self.group.run_rounds(self.rule.state_dict(), plan, budget_s)
-        if isinstance(chain, ReplicaLost):  # the unit died: its rounds died with it
-            for a in range(self.group.size):
-                self._restart(r + 1, a, f"lost: {chain.reason}")
-            return [self._step()]
-        self.rule.load_state_dict(chain.center)
-        records = []
-        for formed in chain.formed:
-            outcomes: list[RoundOutcome] = [(KEPT, stats) for stats in formed.stats]
-            failed = self._failures(self.round + 1, outcomes)  # none: the chain stops first
-            stats = dict(enumerate(formed.stats))
-            distances = dict(enumerate(formed.distances))
-            records.append(self._close_round(stats, distances, failed, formed.seconds))
-        return [*records, self._step(chain.last, chain.last_seconds)]
+        chains = chain and r > 0 and self._last_round_s < CHAIN_BELOW_S
+        end = self._next_stop() if chains else r + 1
+        return [(self.gamma.value(q), self.rho.value(q)) for q in range(r, end)]
 
     def _next_stop(self) -> int:
         """The next round count at which the coordinator evaluates, checkpoints or ends."""
@@ -191,15 +175,43 @@ class Coordinator:
         every = [e for e in (train.eval_every, train.checkpoint_every) if e]
         return min([train.rounds] + [(self.round // e + 1) * e for e in every])
 
-    def _step(
-        self, outcomes: list[RoundOutcome] | None = None, round_s: float | None = None
-    ) -> dict[str, Any]:
-        """One round: run it (or take the `outcomes` a chain ended with), keep failed
-        replicas out of the center, form it, restart the failed."""
-        r, gamma, rho = self.round, self.gamma.value(), self.rho.value()
-        started = time.perf_counter()
-        if outcomes is None:
-            outcomes = self._run_round(r + 1, gamma, rho)
+    def _rounds(self, plan: Plan, budget_s: float) -> list[dict[str, Any]]:
+        """One call to the group: the rounds whose center a unit formed are recorded as
+        they came; the last is formed here (failed replicas kept out) and recorded."""
+        ran = self._run(self.round + 1, plan, budget_s)
+        if ran.center is not None:
+            self.rule.load_state_dict(ran.center)
+        records = []
+        for formed in ran.formed:
+            outcomes: list[RoundOutcome] = [(KEPT, stats) for stats in formed.stats]
+            failed = self._failures(self.round + 1, outcomes)  # none: the chain stops first
+            stats = dict(enumerate(formed.stats))
+            distances = dict(enumerate(formed.distances))
+            records.append(self._close_round(stats, distances, failed, formed.seconds))
+        return [*records, self._form(ran.last, ran.last_seconds)]
+
+    def _run(self, r: int, plan: Plan, budget_s: float) -> Rounds:
+        """The group's rounds from round r. When every replica is lost at once (the one
+        actor that holds them all died, as resources.replicas_per_actor = auto packs the
+        default), there is no new center to restart them from; they restart from the
+        last one and the rounds run again, up to MAX_CONSECUTIVE_FAILURES times (then
+        the policy stops the run)."""
+        for _ in range(MAX_CONSECUTIVE_FAILURES):
+            ran = self.group.run_rounds(self.rule, plan, budget_s)
+            lost = {a: o for a, o in enumerate(ran.last) if isinstance(o, ReplicaLost)}
+            # Nothing to go back to in round 1, nor with the collective transport, whose
+            # center lives in the units and is lost with them.
+            gathered = isinstance(self.rule, GatheredCenter) and self.center is not None
+            if len(lost) < self.group.size or not gathered:
+                return ran
+            for a, outcome in lost.items():
+                self._restart(r, a, f"lost: {outcome.reason}")
+        return ran
+
+    def _form(self, outcomes: list[RoundOutcome], round_s: float) -> dict[str, Any]:
+        """Form the center of a round the group ran: failed replicas are kept out of it
+        and restarted from it."""
+        r, gamma = self.round, self.gamma.value()
         gathered = time.perf_counter()
         failed = self._failures(r + 1, outcomes)  # rounds count from 1 in every record
         good = [a for a in range(self.group.size) if a not in failed]
@@ -212,7 +224,6 @@ class Coordinator:
         for a, reason in failed.items():
             self._restart(r + 1, a, reason)
         center_s = time.perf_counter() - gathered
-        round_s = gathered - started if round_s is None else round_s
         return self._close_round(stats, distances, failed, (round_s, center_s))
 
     def _close_round(
@@ -251,23 +262,6 @@ class Coordinator:
             self._checkpoint()
             progress["checkpoint"] = True
         return progress
-
-    def _run_round(self, r: int, gamma: float, rho: float) -> list[RoundOutcome]:
-        """Round r's outcomes. When every replica is lost at once (the one actor that holds
-        them all died, as resources.replicas_per_actor = auto packs the default), there is
-        no new center to restart them from; they restart from the last one and the round
-        runs again, up to MAX_CONSECUTIVE_FAILURES times (then the policy stops the run)."""
-        for _ in range(MAX_CONSECUTIVE_FAILURES):
-            outcomes = self.group.run_round(self.rule.sent, self.rule.pull_gamma(gamma), rho)
-            lost = {a: o for a, o in enumerate(outcomes) if isinstance(o, ReplicaLost)}
-            # Nothing to go back to in round 1, nor with the collective transport, whose
-            # center lives in the units and is lost with them.
-            gathered = isinstance(self.rule, GatheredCenter) and self.center is not None
-            if len(lost) < self.group.size or not gathered:
-                return outcomes
-            for a, outcome in lost.items():
-                self._restart(r, a, f"lost: {outcome.reason}")
-        return outcomes
 
     def _failures(self, r: int, outcomes: list[RoundOutcome]) -> Failed:
         """The replicas lost or diverged this round (→ reason); stops the run if the

@@ -10,7 +10,7 @@ back as ReplicaLost, never as weights: the Coordinator decides what to do about 
 from __future__ import annotations
 
 import copy
-import dataclasses
+import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -18,7 +18,7 @@ import numpy as np
 
 from foundation.config import Config
 from foundation.ingredients import Ingredients
-from replicas.chain import Chain, run_chain
+from replicas.chain import Chain, FormedRound, run_chain
 from replicas.packed import PackedReplicas
 from replicas.replica import Replica, RoundStats
 
@@ -55,6 +55,48 @@ KEPT = np.empty(0, dtype=np.float32)
 """A round outcome's weights when they stayed in the unit (the collective transport, the
 rounds a chain formed itself)."""
 
+Plan = list[tuple[float, float]]
+"""(γ, ρ) of each round a call may run, in order."""
+
+
+@dataclass(frozen=True)
+class Rounds:
+    """What one call to a group ran: rounds whose center a unit formed itself (a chain,
+    replicas/chain.py; none where the group ran one round), then the last round's
+    outcomes, one per replica, for the coordinator to form."""
+
+    formed: list[FormedRound]
+    center: dict[str, Any] | None
+    """The center rule's state after the formed rounds (None: none was formed)."""
+    last: list[RoundOutcome]
+    last_seconds: float
+
+
+class CenterView(Protocol):
+    """What a group reads of the coordinator's center (coordinator/center_keeper.py)."""
+
+    @property
+    def sent(self) -> np.ndarray | None: ...
+
+    def pull_gamma(self, gamma: float) -> float: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+
+def one_round(run_round: Any, center: CenterView, plan: Plan) -> Rounds:
+    """The first round of `plan` alone, through a group's run_round: what a group does
+    that cannot chain, and what every group does with a plan of one round (sending the
+    center's whole rule state to run one round would only cost)."""
+    gamma, rho = plan[0]
+    began = time.perf_counter()
+    outcomes = run_round(center.sent, center.pull_gamma(gamma), rho)
+    return Rounds([], None, outcomes, time.perf_counter() - began)
+
+
+def lost_chain(lost: ReplicaLost, size: int) -> Rounds:
+    """A chain whose unit died: its rounds died with it, and every replica is lost."""
+    return Rounds([], None, [lost] * size, 0.0)
+
 
 class ReplicaGroup(Protocol):
     size: int
@@ -65,20 +107,10 @@ class ReplicaGroup(Protocol):
     start_losses: list[StartLoss]
     """Units lost while the group started (and started again), for the run's events."""
 
-    def run_round(
-        self, center: np.ndarray | None, gamma: float, rho: float
-    ) -> list[RoundOutcome]: ...
-
-    @property
-    def chains(self) -> bool:
-        """Whether one unit holds every replica, so that run_rounds may be called."""
-        ...
-
-    def run_rounds(
-        self, center: dict[str, Any], plan: list[tuple[float, float]], budget_s: float
-    ) -> Chain | ReplicaLost:
-        """Several rounds in one call to the one unit (replicas/chain.py); the chain's
-        `last` comes back as this round's outcomes, one per replica."""
+    def run_rounds(self, center: CenterView, plan: Plan, budget_s: float) -> Rounds:
+        """The rounds of `plan` from `center`, as many as one call runs: all of them
+        (ending early past `budget_s`) where one unit holds every replica and can form
+        the center itself (replicas/chain.py), else the first alone."""
         ...
 
     def evaluate(self, center: np.ndarray) -> list[dict[str, Any]]: ...
@@ -127,6 +159,14 @@ def unpack(result: Any, packed: bool) -> list[tuple[np.ndarray, RoundStats]]:
     return [(block[row], s) for row, s in enumerate(stats)]
 
 
+def chained(chain: Chain, packed: bool, in_process: bool = False) -> Rounds:
+    """A unit's chain as Rounds; `in_process`: the last weights are the unit's own
+    buffers, which it goes on training, so they are copied."""
+    last = unpack(chain.last, packed)
+    outcomes: list[RoundOutcome] = [(w.copy(), s) for w, s in last] if in_process else list(last)
+    return Rounds(chain.formed, chain.center, outcomes, chain.last_seconds)
+
+
 def as_list(result: Any, packed: bool) -> list[Any]:
     return list(result) if packed else [result]
 
@@ -152,6 +192,7 @@ class LocalGroup:
         return Replica(self.units_of[u][0], self.config, parts=self.parts)
 
     def run_round(self, center: np.ndarray | None, gamma: float, rho: float) -> list[RoundOutcome]:
+        """One round of every unit, one after another."""
         out: list[RoundOutcome] = []
         for u, unit in enumerate(self.units):
             try:
@@ -162,20 +203,15 @@ class LocalGroup:
                 out += [ReplicaLost(f"{type(err).__name__}: {err}")] * len(self.units_of[u])
         return out
 
-    @property
-    def chains(self) -> bool:
-        return len(self.units) == 1
-
-    def run_rounds(
-        self, center: dict[str, Any], plan: list[tuple[float, float]], budget_s: float
-    ) -> Chain | ReplicaLost:
+    def run_rounds(self, center: CenterView, plan: Plan, budget_s: float) -> Rounds:
+        if len(plan) == 1 or len(self.units) > 1:
+            return one_round(self.run_round, center, plan)
         try:  # a copy: the unit changes the center it gets in place (EASGD, DiLoCo)
-            chain = run_chain(self.units[0], copy.deepcopy(center), plan, budget_s)
+            chain = run_chain(self.units[0], copy.deepcopy(center.state_dict()), plan, budget_s)
         except Exception as err:
             self.lost_units.add(0)
-            return ReplicaLost(f"{type(err).__name__}: {err}")
-        last = [(w.copy(), s) for w, s in unpack(chain.last, self.packed)]
-        return dataclasses.replace(chain, last=last)
+            return lost_chain(ReplicaLost(f"{type(err).__name__}: {err}"), self.size)
+        return chained(chain, self.packed, in_process=True)
 
     def evaluate(self, center: np.ndarray) -> list[dict[str, Any]]:
         results = []

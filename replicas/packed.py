@@ -3,8 +3,9 @@
 NCCL cannot join two actors on one GPU, and stepping replicas one after another (what
 the reference code does) leaves a GPU mostly idle. PackedReplicas keeps p Replica
 objects whose flat vectors and momentum buffers are the rows of two [p, n] blocks, and
-runs their local steps as ONE forward over the stacked weights with one backward:
-each row gets exactly its own gradient, since replica a's loss depends on row a alone.
+runs their local steps (replicas/unit.py's, on the block's rows) as ONE forward over
+the stacked weights with one backward: each row gets exactly its own gradient, since
+replica a's loss depends on row a alone.
 The forward is replicas/packed_forward.py's batched kernels when the model is a plain
 Sequential of the layers written there, and torch.func's vmap otherwise. Everything
 per replica (data stream, SGLD noise, lr scale, evaluation, state) stays in its own
@@ -14,7 +15,6 @@ Replica, so the numbers match unpacked runs to float tolerance.
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Any
 
 import numpy as np
@@ -23,17 +23,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from flatmath import coupling
-from flatmath.local_steps import entropy_sgd_inner, momentum_step_
 from foundation.config import Config
 from foundation.data import Dataset
 from foundation.fields import ConfigError
 from foundation.ingredients import Ingredients, InMemoryData
 from replicas.packed_forward import compile_packed
 from replicas.replica import Replica, RoundStats
+from replicas.unit import Unit
 
 
-class PackedReplicas:
+class PackedReplicas(Unit[list[RoundStats]]):
     def __init__(
         self,
         indices: list[int],
@@ -98,7 +97,7 @@ class PackedReplicas:
             if s.is_param == params
         }
 
-    def _loss_and_grad(self) -> tuple[Tensor, Tensor]:
+    def loss_and_grad(self) -> tuple[Tensor, Tensor]:
         """Per-row minibatch losses [p] and the [p, n_params] gradient block."""
         # Every member's own minibatch, gathered at once from the shared data: [p, B, ...].
         rows = torch.stack([m.stream.next_index() for m in self.members])
@@ -151,78 +150,43 @@ class PackedReplicas:
                 for counter in counters:
                     counter.add_(1)
 
-    def _rates(self, base: float) -> Tensor:
+    # ---- one round: replicas/unit.py's, for all rows at once --------------------------
+
+    @property
+    def params(self) -> Tensor:
+        return self.block[:, : self.num_params]
+
+    def rate(self, base: float) -> Tensor:
         scales = [m.lr_scale for m in self.members]
         return torch.tensor(scales, device=self.block.device).unsqueeze(1) * base
 
-    # ---- one round, as Replica.round but for all rows ----------------------------
+    def noise(self) -> list[torch.Generator]:
+        return [m.noise() for m in self.members]
 
-    def round(
-        self, center: np.ndarray | None, gamma: float, rho: float
+    def center_params(self, center: np.ndarray) -> Tensor:
+        return self.members[0].center_params(center)
+
+    def pull(self, kind: str, center: np.ndarray, gamma: float, params: Tensor) -> None:
+        for member in self.members:
+            member.pull(kind, center, gamma, params)
+
+    def sgd_loss(self, total: Tensor, steps: int) -> Tensor:
+        return total / steps
+
+    def entropy_loss(self, total: float, outer: int, inner: list[Tensor]) -> Tensor:
+        return torch.stack(inner).mean(dim=0)
+
+    def report(
+        self, loss: float | Tensor, step_s: float, coupling_s: float
     ) -> tuple[np.ndarray, list[RoundStats]]:
-        start = time.perf_counter()
-        kind = self.config.algorithm.kind
-        center_params = None if center is None else self.members[0]._params_of(center)
-        if center is not None:
-            for member in self.members:
-                member._pull(kind, center, gamma, center_params)
-        pulled = time.perf_counter()
-        if kind in ("esgd", "parle"):
-            losses = self._entropy_steps(gamma, rho, center_params if kind == "parle" else None)
-        else:
-            losses = self._sgd_steps()
-        done = time.perf_counter()
+        losses = torch.as_tensor(loss)
         finite = torch.isfinite(self.block).all(dim=1) & torch.isfinite(losses)
         stats = [
-            RoundStats(float(losses[a]), done - pulled, pulled - start, bool(finite[a]),
+            RoundStats(float(losses[a]), step_s, coupling_s, bool(finite[a]),
                        (m.stream.epoch, m.stream.offset))
             for a, m in enumerate(self.members)
         ]  # fmt: skip
         return self.block.detach().cpu().numpy(), stats
-
-    def _sgd_steps(self) -> Tensor:
-        algo = self.config.algorithm
-        total = torch.zeros(len(self.members), device=self.block.device)
-        rates = self._rates(algo.lr)
-        for _ in range(algo.coupling_period):
-            losses, grad = self._loss_and_grad()
-            total += losses
-            with torch.no_grad():
-                momentum_step_(
-                    self.block[:, : self.num_params], grad, self.momentum, rates,
-                    momentum=algo.momentum, nesterov=algo.nesterov, weight_decay=algo.weight_decay,
-                )  # fmt: skip
-        return total / algo.coupling_period
-
-    def _grad_at(self, w_prime: Tensor) -> tuple[Tensor, float]:
-        with torch.no_grad():
-            self.block[:, : self.num_params].copy_(w_prime)
-        losses, grad = self._loss_and_grad()
-        self._inner_losses.append(losses)
-        return grad, float(losses.mean())
-
-    def _entropy_steps(self, gamma: float, rho: float, center_params: Tensor | None) -> Tensor:
-        algo = self.config.algorithm
-        self._inner_losses: list[Tensor] = []
-        with torch.no_grad():
-            for _ in range(algo.coupling_period):
-                w = self.block[:, : self.num_params].clone()
-                inner = entropy_sgd_inner(
-                    w, self._grad_at, gamma=gamma, inner_lr=self._rates(algo.inner_lr),
-                    noise=algo.noise, alpha=algo.mu_alpha, steps=algo.inner_steps,
-                    weight_decay=algo.weight_decay, momentum=algo.inner_momentum,
-                    nesterov=algo.inner_nesterov, generator=[m.noise for m in self.members],
-                )  # fmt: skip
-                if center_params is None:
-                    direction = w - inner.mu
-                else:
-                    direction = coupling.parle_direction(w, inner.mu, center_params, rho)
-                momentum_step_(
-                    w, direction, self.momentum, self._rates(algo.lr),
-                    momentum=algo.momentum, nesterov=algo.nesterov,
-                )  # fmt: skip
-                self.block[:, : self.num_params].copy_(w)
-        return torch.stack(self._inner_losses).mean(dim=0)
 
     # ---- per-replica services, delegated ---------------------------------------------
 
@@ -252,7 +216,7 @@ def check_packable(parts: Ingredients, config: Config, data: Dataset) -> None:
     local = dataclasses.replace(parts, data=InMemoryData(data))  # already held out
     whole = dataclasses.replace(config, data=dataclasses.replace(config.data, validation=0.0))
     try:
-        PackedReplicas([0, 1], whole, parts=local)._loss_and_grad()
+        PackedReplicas([0, 1], whole, parts=local).loss_and_grad()
     except Exception as err:
         first = (str(err).splitlines() or [""])[0]
         raise ConfigError(

@@ -1,16 +1,17 @@
 """One replica's life: its model, local optimizer state and its own data stream.
 
 Replica is a plain class; cluster/actors.py makes it a Ray actor where it is created,
-and tests drive it in-process. One call to round() is one round: the coupling from
-the coordinator first, then K local steps (sgd, rsgd, easgd) or K outer Entropy-SGD
-steps of L inner steps (esgd, parle), and back comes ONE flat buffer plus small stats.
+and tests drive it in-process. It is a unit of one (replicas/unit.py): one call to
+round() is one round, the coupling from the coordinator first, then the local steps,
+and back comes ONE flat buffer plus small stats. This class says what a lone replica's
+parameters, minibatch gradient and report are; it also keeps the replica's state and
+evaluates it (and the center).
 """
 
 from __future__ import annotations
 
 import math
 import os
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,12 +21,12 @@ from torch import Tensor
 
 from flatmath import coupling
 from flatmath.flat import FlatModule, readonly_tensor
-from flatmath.local_steps import entropy_sgd_inner, momentum_step_
 from foundation.config import Config
 from foundation.data import Dataset, Split
 from foundation.evaluation import EVAL_TRAIN_SAMPLES, load_vector_, metrics
 from foundation.ingredients import Ingredients
 from replicas.stream import BatchStream
+from replicas.unit import Unit
 
 
 def replica_seed(seed: int, index: int) -> int:
@@ -56,7 +57,7 @@ def model_identity(model: torch.nn.Module, flat: FlatModule) -> dict[str, Any]:
     }
 
 
-class Replica:
+class Replica(Unit[RoundStats]):
     def __init__(
         self,
         index: int,
@@ -89,7 +90,7 @@ class Replica:
         )
         algo = config.algorithm
         self.momentum = torch.zeros_like(self.flat.params) if algo.momentum else None
-        self.noise = torch.Generator(device=self.device).manual_seed(self.seed)
+        self.generator = torch.Generator(device=self.device).manual_seed(self.seed)
         self.lr_scale = 1.0  # halved each time this replica is restarted after diverging
 
     def _load_data(self) -> Dataset:
@@ -120,7 +121,7 @@ class Replica:
             "flat": self.flat.flat.detach().cpu().clone(),
             "int_buffers": {n: b.cpu().clone() for n, b in self._int_buffers()},
             "momentum": None if self.momentum is None else self.momentum.cpu().clone(),
-            "noise": self.noise.get_state(),
+            "noise": self.generator.get_state(),
             "stream": self.stream.state_dict(),
             "lr_scale": self.lr_scale,
         }
@@ -135,7 +136,7 @@ class Replica:
                 saved = state.get("momentum")
                 self.momentum.copy_(saved if saved is not None else torch.zeros_like(self.momentum))
         if state.get("noise") is not None:
-            self.noise.set_state(state["noise"])
+            self.generator.set_state(state["noise"])
         self.stream.load_state_dict(state["stream"])
         self.lr_scale = float(state.get("lr_scale", 1.0))
 
@@ -150,34 +151,27 @@ class Replica:
         """A copy of the flat vector [parameters | float buffers] as float32 numpy."""
         return self.flat.flat.detach().to("cpu", copy=True).numpy()
 
-    # ---- one round ---------------------------------------------------------------
+    # ---- one round: replicas/unit.py's, for a unit of one ----------------------------
 
-    def round(
-        self, center: np.ndarray | None, gamma: float, rho: float
-    ) -> tuple[np.ndarray, RoundStats]:
-        """Apply the coupling against `center`, run K local steps, return the weights."""
-        start = time.perf_counter()
-        kind = self.config.algorithm.kind
-        center_params = None if center is None else self._params_of(center)
-        if center is not None:
-            self._pull(kind, center, gamma, center_params)
-        pulled = time.perf_counter()
-        if kind in ("esgd", "parle"):
-            loss = self._entropy_steps(gamma, rho, center_params if kind == "parle" else None)
-        else:
-            loss = self._sgd_steps()
-        done = time.perf_counter()
-        finite = math.isfinite(loss) and bool(torch.isfinite(self.flat.flat).all())
-        position = (self.stream.epoch, self.stream.offset)
-        stats = RoundStats(loss, done - pulled, pulled - start, finite, position)
-        return self._outgoing(), stats
+    @property
+    def params(self) -> Tensor:
+        return self.flat.params
 
-    def _outgoing(self) -> np.ndarray:
-        # On CPU this is a view: Ray copies it into the object store when the call
-        # returns, and in-process callers copy it themselves (see coordinator.LocalGroup).
-        return self.flat.flat.detach().cpu().numpy()
+    def loss_and_grad(self) -> tuple[Tensor, Tensor]:
+        x, y = self.stream.next()
+        self.flat.zero_grad()
+        with torch.enable_grad():  # the Entropy-SGD loop calls this from inside no_grad
+            loss = self.parts.loss(self.model(x), y)
+            loss.backward()
+        return loss.detach(), self.flat.param_grad
 
-    def _params_of(self, center: np.ndarray) -> Tensor:
+    def rate(self, base: float) -> float:
+        return base * self.lr_scale
+
+    def noise(self) -> torch.Generator:
+        return self.generator
+
+    def center_params(self, center: np.ndarray) -> Tensor:
         vector = readonly_tensor(center).to(self.device)
         if vector.numel() != self.flat.flat.numel():
             raise ValueError(
@@ -185,13 +179,8 @@ class Replica:
             )
         return vector[: self.flat.num_params]
 
-    def _pull(
-        self, kind: str, center: np.ndarray, gamma: float, params: Tensor | None = None
-    ) -> None:
-        """This replica's half of the coupling, before its local steps (`params`: the
-        center's parameters on this device, when the caller has them already)."""
+    def pull(self, kind: str, center: np.ndarray, gamma: float, params: Tensor) -> None:
         algo = self.config.algorithm
-        params = self._params_of(center) if params is None else params
         with torch.no_grad():
             if kind in ("diloco", "localsgd"):  # start the round from θ, buffers too
                 self.flat.load_(readonly_tensor(center).to(self.device))
@@ -200,57 +189,22 @@ class Replica:
             elif kind == "easgd":  # this replica's half of the synchronous exchange, α = ηρ
                 coupling.elastic_pull_(self.flat.params, params, algo.lr * gamma)
 
-    def _loss_and_grad(self) -> Tensor:
-        x, y = self.stream.next()
-        self.flat.zero_grad()
-        with torch.enable_grad():  # the Entropy-SGD loop calls this from inside no_grad
-            loss = self.parts.loss(self.model(x), y)
-            loss.backward()
-        return loss.detach()
+    def sgd_loss(self, total: Tensor, steps: int) -> float:
+        return float(total) / steps
 
-    def _sgd_steps(self) -> float:
-        algo = self.config.algorithm
-        total = torch.zeros((), device=self.device)
-        for _ in range(algo.coupling_period):
-            total += self._loss_and_grad()
-            with torch.no_grad():
-                momentum_step_(
-                    self.flat.params, self.flat.param_grad, self.momentum, algo.lr * self.lr_scale,
-                    momentum=algo.momentum, nesterov=algo.nesterov, weight_decay=algo.weight_decay,
-                )  # fmt: skip
-        return float(total) / algo.coupling_period  # one device sync per round, not per step
+    def entropy_loss(self, total: float, outer: int, inner: list[Tensor]) -> float:
+        return total / outer
 
-    def _grad_at(self, w_prime: Tensor) -> tuple[Tensor, float]:
-        with torch.no_grad():
-            self.flat.params.copy_(w_prime)
-        loss = self._loss_and_grad()
-        return self.flat.param_grad, float(loss)
-
-    def _entropy_steps(self, gamma: float, rho: float, center_params: Tensor | None) -> float:
-        """K outer Entropy-SGD steps; with a center, Parle's outer step (pull with ρ)."""
-        algo = self.config.algorithm
-        total = 0.0
-        with torch.no_grad():
-            for _ in range(algo.coupling_period):
-                w = self.flat.params.clone()
-                inner = entropy_sgd_inner(
-                    w, self._grad_at, gamma=gamma, inner_lr=algo.inner_lr * self.lr_scale,
-                    noise=algo.noise,
-                    alpha=algo.mu_alpha, steps=algo.inner_steps,
-                    weight_decay=algo.weight_decay, momentum=algo.inner_momentum,
-                    nesterov=algo.inner_nesterov, generator=self.noise,
-                )  # fmt: skip
-                total += inner.mean_loss
-                if center_params is None:
-                    direction = w - inner.mu
-                else:
-                    direction = coupling.parle_direction(w, inner.mu, center_params, rho)
-                momentum_step_(
-                    w, direction, self.momentum, algo.lr * self.lr_scale,
-                    momentum=algo.momentum, nesterov=algo.nesterov,
-                )  # fmt: skip
-                self.flat.params.copy_(w)
-        return total / algo.coupling_period
+    def report(
+        self, loss: float | Tensor, step_s: float, coupling_s: float
+    ) -> tuple[np.ndarray, RoundStats]:
+        loss = float(loss)
+        finite = math.isfinite(loss) and bool(torch.isfinite(self.flat.flat).all())
+        position = (self.stream.epoch, self.stream.offset)
+        # On CPU the weights are a view: Ray copies them into the object store when the
+        # call returns, and in-process callers copy them (coordinator/groups.py).
+        weights = self.flat.flat.detach().cpu().numpy()
+        return weights, RoundStats(loss, step_s, coupling_s, finite, position)
 
     # ---- evaluation --------------------------------------------------------------
 

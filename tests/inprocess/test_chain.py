@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from coordinator.coordinator import Coordinator
-from coordinator.groups import LocalGroup
+from coordinator.groups import CenterView, LocalGroup, Plan, Rounds
 from foundation.config import Config
 from replicas.chain import run_chain
 from replicas.packed import PackedReplicas
@@ -29,18 +29,17 @@ def chain_every_round(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 class CountingGroup(LocalGroup):
-    """LocalGroup that counts the chains and the rounds their units formed."""
+    """LocalGroup that records, for each call the coordinator makes, the rounds its
+    unit formed (0: a round alone, or a chain that ended after its first)."""
 
     def __init__(self, config: Config) -> None:
         super().__init__(config)
         self.chained: list[int] = []
 
-    def run_rounds(
-        self, center: dict[str, Any], plan: list[tuple[float, float]], budget_s: float
-    ) -> Any:
-        chain = super().run_rounds(center, plan, budget_s)
-        self.chained.append(len(getattr(chain, "formed", [])))
-        return chain
+    def run_rounds(self, center: CenterView, plan: Plan, budget_s: float) -> Rounds:
+        ran = super().run_rounds(center, plan, budget_s)
+        self.chained.append(len(ran.formed))
+        return ran
 
 
 def by_steps(config: Config) -> Coordinator:
@@ -91,8 +90,9 @@ def test_chained_rounds_equal_one_round_per_call(
     settings = [y, "train.rounds=9", "train.eval_every=4", "train.checkpoint_every=3", *extra]
     stepped = by_steps(make_config(*settings, name="stepped"))
     chained, formed = by_chains(make_config(*settings, name="chained"))
-    # Stops at rounds 3, 4, 6, 8 and 9: chains of rounds 2–3, 5–6 and 7–8 form 1 each.
-    assert formed == [1, 0, 1, 1, 0]
+    # Round 1 alone; stops at rounds 3, 4, 6, 8 and 9: chains of rounds 2–3, 5–6 and 7–8
+    # form 1 each, and rounds 4 and 9 run alone.
+    assert formed == [0, 1, 0, 1, 1, 0]
     for a, b in zip(weights(stepped), weights(chained), strict=True):
         assert np.array_equal(a, b)
     assert stepped.center is not None and chained.center is not None
@@ -111,14 +111,14 @@ def test_a_chain_runs_to_the_next_stop_or_its_budget(make_config: ConfigFactory)
     # Round 1 alone; past its budget after its first round, a chain ends there.
     assert [p["round"] for p in coordinator.advance(budget_s=0.0)] == [1]
     assert [p["round"] for p in coordinator.advance(budget_s=0.0)] == [2]
-    assert coordinator.group.chained == [0]
+    assert coordinator.group.chained == [0, 0]
     # One call up to each evaluated round (10, 20, 30): a chain each, which forms all of
     # its rounds but the evaluated one, which the coordinator closes.
     calls = [coordinator.advance(budget_s=60.0) for _ in range(3)]
     assert [[p["round"] for p in call] for call in calls] == [
         list(range(3, 11)), list(range(11, 21)), list(range(21, 31))
     ]  # fmt: skip
-    assert coordinator.group.chained == [0, 7, 9, 9]
+    assert coordinator.group.chained == [0, 0, 7, 9, 9]
     assert [[p["round"] for p in call if "headline" in p] for call in calls] == [[10], [20], [30]]
 
 
@@ -145,7 +145,7 @@ def test_a_round_that_is_not_finite_ends_the_chain(
                 "train.eval_every=10", "train.on_divergence=restart"]  # fmt: skip
     stepped = by_steps(make_config(*settings, name="stepped"))
     chained, formed = by_chains(make_config(*settings, name="chained"))
-    assert formed == [3, 4]  # rounds 2–4 formed, 5 diverged; 6–9 formed, 10 closed here
+    assert formed == [0, 3, 4]  # 1 alone; 2–4 formed, 5 diverged; 6–9 formed, 10 closed here
     failures = [(row["round"], row["replica"]) for row in chained.rows if row["failure"]]
     assert failures == [(5, 1)]
     assert without_timings(stepped.rows) == without_timings(chained.rows)
@@ -174,9 +174,10 @@ def test_a_unit_lost_in_a_chain_restarts_from_the_last_center(
     coordinator, formed = by_chains(config)
     assert coordinator.round == 10
     restarts = [e for e in coordinator.run.events() if e["event"] == "replica_restarted"]
-    # Rounds 1 (alone) and 2–5 ran; round 6 died in the chain, which was lost with it.
+    # Rounds 1 (alone) and 2–5 ran; round 6 died in the chain, which was lost with it;
+    # restarted from round 1's center, the chain ran again: 2–9 formed, 10 closed here.
     assert [(e["round"], e["reason"]) for e in restarts] == [(2, "lost: RuntimeError: killed")]
-    assert formed[0] == 0 and math.isfinite(coordinator.rows[-1]["train_loss"])
+    assert formed == [0, 0, 8] and math.isfinite(coordinator.rows[-1]["train_loss"])
 
 
 def test_run_chain_refuses_an_empty_plan(make_config: ConfigFactory) -> None:
