@@ -41,7 +41,6 @@ from coordinator.groups import (
     layout,
     locate,
     lost_chain,
-    one_round,
     unpack,
 )
 from foundation.config import Config
@@ -228,7 +227,8 @@ class RayReplicaGroup:
 
     def run_rounds(self, center: CenterView, plan: Plan, budget_s: float) -> Rounds:
         if len(plan) == 1 or not self.chains:
-            return one_round(self.run_round, center, plan)
+            (gamma, rho), began = plan[0], time.perf_counter()
+            return Rounds.alone(self.run_round(center.sent, center.pull_gamma(gamma), rho), began)
         self.given.clear()
         # The chain ends with the first round past the budget: allow one round beyond it.
         timeout = budget_s + self.config.train.round_timeout_s

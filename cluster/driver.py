@@ -24,8 +24,8 @@ import contextlib
 import functools
 import os
 import signal
-from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -38,7 +38,7 @@ from cluster.stopping import RunInterrupted, stop_grace_s, stop_on_signals
 from cluster.validate import check_parts, on_remote_cluster
 from coordinator.coordinator import Coordinator
 from coordinator.groups import layout
-from coordinator.loop import drive
+from coordinator.loop import Steppable, drive
 from coordinator.rundir import RunDir
 from foundation.config import Config
 from foundation.errors import WideValleyError
@@ -59,6 +59,15 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
+def open_coordinator(
+    config: Config, fresh: bool, job: str, parts: Ingredients | None
+) -> Coordinator:
+    """The run's Coordinator, its replicas started on Ray (cluster/collective.py picks
+    the group for the transport)."""
+    group = functools.partial(replica_group_class(config), parts=parts)
+    return Coordinator(config, group, fresh=fresh, job=job, parts=parts)
+
+
 class CoordinatorHost:
     """The Coordinator's home: an actor or an object in this process (HostActor and
     HostHere below). It builds the Coordinator in start(), not in its own constructor,
@@ -69,8 +78,7 @@ class CoordinatorHost:
     def start(
         self, config: Config, fresh: bool, job: str, parts: Ingredients | None = None
     ) -> dict[str, Any]:
-        group = functools.partial(replica_group_class(config), parts=parts)
-        self.coordinator = Coordinator(config, group, fresh=fresh, job=job, parts=parts)
+        self.coordinator = open_coordinator(config, fresh, job, parts)
         return self.coordinator.status()
 
     def advance(self, budget_s: float) -> list[dict[str, Any]]:
@@ -131,8 +139,9 @@ def run(
 
             if stopping.signum is not None:  # a signal while the run started
                 _stop(host, stopping.signum)
-            summary = drive(host, status["round"], config.train.rounds, say=say,
-                            tracker=tracker, after_batch=after_batch)  # fmt: skip
+            with host.errors():
+                summary = drive(host.steppable(), status["round"], config.train.rounds,
+                                say=say, tracker=tracker, after_batch=after_batch)  # fmt: skip
         tracker.finish(summary)
         host.shutdown()
     finally:
@@ -179,9 +188,14 @@ class Host(Protocol):
         self, config: Config, fresh: bool, job: str, parts: Ingredients | None
     ) -> dict[str, Any]: ...
 
-    def advance(self, budget_s: float) -> list[dict[str, Any]]: ...
+    def steppable(self) -> Steppable:
+        """What drive() steps: the Coordinator itself where it runs here, else a handle
+        whose calls go to the actor."""
+        ...
 
-    def finish(self) -> dict[str, Any]: ...
+    def errors(self) -> contextlib.AbstractContextManager[None]:
+        """Around the drive: the Coordinator's errors come out alike wherever it runs."""
+        ...
 
     def stop(self, reason: str, timeout: float) -> int | None:
         """A polite stop's round; None if it took longer than `timeout` (where that can
@@ -211,6 +225,12 @@ class HostActor:
         status: dict[str, Any] = ray.get(self.actor.start.remote(config, fresh, job, parts))
         return status
 
+    def steppable(self) -> Steppable:
+        return self
+
+    def errors(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()  # Ray's errors carry the actor's already
+
     def advance(self, budget_s: float) -> list[dict[str, Any]]:
         progress: list[dict[str, Any]] = ray.get(self.actor.advance.remote(budget_s))
         return progress
@@ -234,47 +254,56 @@ class HostActor:
 
 
 class HostHere:
-    """The CoordinatorHost in this process (the private local Ray's only node). A call
-    cannot be cut short here: the Coordinator's own calls to the replicas have their
-    timeouts (train.round_timeout_s), but a polite stop's checkpoint is not bounded by
+    """The Coordinator in this process (the private local Ray's only node), its errors
+    raised as from the actor (coordinator_error). A call cannot be cut short here: the
+    Coordinator's own calls to the replicas have their timeouts
+    (train.round_timeout_s), but a polite stop's checkpoint is not bounded by
     stop_grace_s() as it is from the actor. That bound is for `ray job stop`, whose
-    driver runs on a cluster and so takes HostActor. Its errors come as from the actor
-    (coordinator_error)."""
+    driver runs on a cluster and so takes HostActor."""
 
-    def __init__(self) -> None:
-        self.host = CoordinatorHost()
+    coordinator: Coordinator | None = None
 
     def start(
-        self, config: Config, fresh: bool, job: str, parts: Ingredients | None
+        self, config: Config, fresh: bool, job: str, parts: Ingredients | None = None
     ) -> dict[str, Any]:
-        return _as_from_actor(lambda: self.host.start(config, fresh, job, parts))
+        with as_from_actor():
+            self.coordinator = open_coordinator(config, fresh, job, parts)
+            return self.coordinator.status()
 
-    def advance(self, budget_s: float) -> list[dict[str, Any]]:
-        return _as_from_actor(lambda: self.host.advance(budget_s))
+    def steppable(self) -> Steppable:
+        assert self.coordinator is not None, "start() first"
+        return self.coordinator
 
-    def finish(self) -> dict[str, Any]:
-        return _as_from_actor(self.host.finish)
+    def errors(self) -> contextlib.AbstractContextManager[None]:
+        return as_from_actor()
 
     def stop(self, reason: str, timeout: float) -> int | None:
-        return _as_from_actor(lambda: self.host.stop(reason))
+        assert self.coordinator is not None, "start() first"
+        with as_from_actor():
+            return self.coordinator.stop(reason)
 
     def shutdown(self) -> None:
-        _as_from_actor(self.host.shutdown)
+        if self.coordinator is not None:
+            with as_from_actor():
+                self.coordinator.shutdown()
 
     def close(self) -> None:
         # Idempotent; the replica actors are this process's to stop. Suppressed: on the
         # way out of a failed run, its own error is the one to report.
         with contextlib.suppress(Exception):
-            self.host.shutdown()
+            self.shutdown()
 
 
-R = TypeVar("R")
-
-
-def _as_from_actor(call: Callable[[], R]) -> R:
+@contextlib.contextmanager
+def as_from_actor() -> Iterator[None]:
+    """An error raised inside comes out as CoordinatorError, as from the actor; not a
+    polite stop (RunInterrupted carries its exit status), nor KeyboardInterrupt (a
+    second signal stops at once), nor one carried already."""
     try:
-        return call()
-    except Exception as err:  # not KeyboardInterrupt: a second signal stops at once
+        yield
+    except (RunInterrupted, CoordinatorError):
+        raise
+    except Exception as err:
         raise coordinator_error(err) from err
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NoReturn, TypeVar
 
 import numpy as np
@@ -37,7 +37,6 @@ from coordinator.groups import (
     ReplicaLost,
     ReplicasLost,
     RoundOutcome,
-    Rounds,
     delivered,
 )
 from coordinator.lease import Lease, LeaseLost
@@ -132,28 +131,30 @@ class Coordinator:
 
     # ---- one round ---------------------------------------------------------------
 
-    def _writing(self, work: Callable[..., T], *args: Any) -> T:
-        """Run `work(*args)`; a storage failure (disk full, permission lost, an object store that
-        refuses) or a lost lease stops the run with one line, good checkpoints kept."""
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A storage failure (disk full, permission lost, an object store that refuses) or a
+        lost lease inside stops the run with one line, good checkpoints kept."""
         try:
             self.lease.renew()
-            return work(*args)
+            yield
         except (StorageError, LeaseLost) as err:
             self._stop(err)
 
     def step(self) -> dict[str, Any]:
         """Run one round; returns a short progress record for the driver to print."""
-        [record] = self._writing(self._rounds, self._plan(chain=False), 0.0)
+        [record] = self.advance(0.0, chain=False)
         return record
 
-    def advance(self, budget_s: float) -> list[dict[str, Any]]:
+    def advance(self, budget_s: float, chain: bool = True) -> list[dict[str, Any]]:
         """Rounds until `budget_s` seconds have passed (at least one), a round was
         evaluated (a caller that acts on evaluations, as Tune's reporter does, then finds
-        the coordinator at that round) or the run is done; one progress record each."""
+        the coordinator at that round) or the run is done; one progress record each.
+        `chain`: rounds may run several to a call to the replicas (_plan says when)."""
         deadline, records = time.perf_counter() + budget_s, []
         while not self.done:
-            plan = self._plan(chain=True)
-            records += self._writing(self._rounds, plan, deadline - time.perf_counter())
+            with self._writing():
+                records += self._rounds(self._plan(chain), deadline - time.perf_counter())
             if time.perf_counter() >= deadline or "headline" in records[-1]:
                 break
         return records
@@ -176,9 +177,24 @@ class Coordinator:
         return min([train.rounds] + [(self.round // e + 1) * e for e in every])
 
     def _rounds(self, plan: Plan, budget_s: float) -> list[dict[str, Any]]:
-        """One call to the group: the rounds whose center a unit formed are recorded as
-        they came; the last is formed here (failed replicas kept out) and recorded."""
-        ran = self._run(self.round + 1, plan, budget_s)
+        """One call to the group, recorded: the rounds whose center a unit formed as they
+        came, then the last one formed here (failed replicas kept out, and restarted).
+
+        When every replica is lost at once (the one actor that holds them all died, as
+        resources.replicas_per_actor = auto packs the default), there is no new center
+        to restart them from: they restart from the last one and the call is made again,
+        up to MAX_CONSECUTIVE_FAILURES times (then the failure policy stops the run)."""
+        r = self.round + 1
+        for _ in range(MAX_CONSECUTIVE_FAILURES):
+            ran = self.group.run_rounds(self.rule, plan, budget_s)
+            lost = {a: o for a, o in enumerate(ran.last) if isinstance(o, ReplicaLost)}
+            # Nothing to go back to in round 1, nor with the collective transport, whose
+            # center lives in the units and is lost with them.
+            gathered = isinstance(self.rule, GatheredCenter) and self.center is not None
+            if len(lost) < self.group.size or not gathered:
+                break
+            for a, outcome in lost.items():
+                self._restart(r, a, f"lost: {outcome.reason}")
         if ran.center is not None:
             self.rule.load_state_dict(ran.center)
         records = []
@@ -189,24 +205,6 @@ class Coordinator:
             distances = dict(enumerate(formed.distances))
             records.append(self._close_round(stats, distances, failed, formed.seconds))
         return [*records, self._form(ran.last, ran.last_seconds)]
-
-    def _run(self, r: int, plan: Plan, budget_s: float) -> Rounds:
-        """The group's rounds from round r. When every replica is lost at once (the one
-        actor that holds them all died, as resources.replicas_per_actor = auto packs the
-        default), there is no new center to restart them from; they restart from the
-        last one and the rounds run again, up to MAX_CONSECUTIVE_FAILURES times (then
-        the policy stops the run)."""
-        for _ in range(MAX_CONSECUTIVE_FAILURES):
-            ran = self.group.run_rounds(self.rule, plan, budget_s)
-            lost = {a: o for a, o in enumerate(ran.last) if isinstance(o, ReplicaLost)}
-            # Nothing to go back to in round 1, nor with the collective transport, whose
-            # center lives in the units and is lost with them.
-            gathered = isinstance(self.rule, GatheredCenter) and self.center is not None
-            if len(lost) < self.group.size or not gathered:
-                return ran
-            for a, outcome in lost.items():
-                self._restart(r, a, f"lost: {outcome.reason}")
-        return ran
 
     def _form(self, outcomes: list[RoundOutcome], round_s: float) -> dict[str, Any]:
         """Form the center of a round the group ran: failed replicas are kept out of it
@@ -347,7 +345,8 @@ class Coordinator:
 
     def checkpoint(self) -> str:
         """Save all that resuming at self.round needs (metrics first: they must cover it)."""
-        return self._writing(self._checkpoint)
+        with self._writing():
+            return self._checkpoint()
 
     def _checkpoint(self) -> str:
         self._save_metrics()
@@ -358,7 +357,8 @@ class Coordinator:
 
     def finish(self) -> dict[str, Any]:
         """Final evaluation (if the last round had none), checkpoint, summary.json, plots."""
-        return self._writing(self._finish)
+        with self._writing():
+            return self._finish()
 
     def _finish(self) -> dict[str, Any]:
         last = self.evaluations[-1] if self.evaluations else None

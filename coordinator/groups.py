@@ -71,6 +71,13 @@ class Rounds:
     last: list[RoundOutcome]
     last_seconds: float
 
+    @staticmethod
+    def alone(outcomes: list[RoundOutcome], began: float) -> Rounds:
+        """One round run alone (by a group that cannot chain, or with a plan of one: to
+        send the center's whole rule state for one round would only cost), begun at
+        time.perf_counter() `began`."""
+        return Rounds([], None, outcomes, time.perf_counter() - began)
+
 
 class CenterView(Protocol):
     """What a group reads of the coordinator's center (coordinator/center_keeper.py)."""
@@ -81,16 +88,6 @@ class CenterView(Protocol):
     def pull_gamma(self, gamma: float) -> float: ...
 
     def state_dict(self) -> dict[str, Any]: ...
-
-
-def one_round(run_round: Any, center: CenterView, plan: Plan) -> Rounds:
-    """The first round of `plan` alone, through a group's run_round: what a group does
-    that cannot chain, and what every group does with a plan of one round (sending the
-    center's whole rule state to run one round would only cost)."""
-    gamma, rho = plan[0]
-    began = time.perf_counter()
-    outcomes = run_round(center.sent, center.pull_gamma(gamma), rho)
-    return Rounds([], None, outcomes, time.perf_counter() - began)
 
 
 def lost_chain(lost: ReplicaLost, size: int) -> Rounds:
@@ -205,7 +202,8 @@ class LocalGroup:
 
     def run_rounds(self, center: CenterView, plan: Plan, budget_s: float) -> Rounds:
         if len(plan) == 1 or len(self.units) > 1:
-            return one_round(self.run_round, center, plan)
+            (gamma, rho), began = plan[0], time.perf_counter()
+            return Rounds.alone(self.run_round(center.sent, center.pull_gamma(gamma), rho), began)
         try:  # a copy: the unit changes the center it gets in place (EASGD, DiLoCo)
             chain = run_chain(self.units[0], copy.deepcopy(center.state_dict()), plan, budget_s)
         except Exception as err:

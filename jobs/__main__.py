@@ -1,6 +1,6 @@
 """`python -m jobs <command> …`: the same as the `widevalley` console script."""
 
+from jobs.cli import exit_now
 from jobs.console import main
-from jobs.entry import exit_now
 
 exit_now(main())

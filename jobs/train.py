@@ -8,6 +8,12 @@ prints one line per round and a summary table, and leaves everything in
 good checkpoint (--fresh starts over). Bad input fails before any actor starts, with
 one line and exit status 2; a run that fails while training exits with 1, its metrics
 and events kept.
+
+main() is the whole path: the config is loaded and its run directory found free once,
+then Ray starts on a thread while torch and the rest are imported and the other inputs
+are checked (cluster/validate.py), then cluster/driver.py runs it. A config that names
+user code starts no Ray before that code is checked: a mistake in it is the likeliest
+bad input.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import argparse
 import sys
 
 from jobs import CONFIG_DIR
-from jobs.entry import add_run_options, exit_now
+from jobs.cli import add_run_options, exit_codes, exit_now
 
 DEFAULT_CONFIG = CONFIG_DIR / "default.toml"
 
@@ -29,40 +35,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def start_ray_early(args: argparse.Namespace) -> None:
-    """Start Ray on a thread now if the config loads, its storage can be written and its
-    run directory is free, so that Ray's start-up (much of it waiting for its own
-    processes) overlaps the imports of torch and the rest and the input checks
-    (benchmarks/p5_startup.py --phases times each step).
-
-    Bad input found here starts nothing: the command finds it again and reports it, with
-    no Ray started. Nor does a config that names user code: that code is checked first,
-    with no Ray, and a mistake in it is the likeliest bad input. Bad data found later
-    (a missing data set) waits for the Ray start under way to finish and stops it."""
-    from cluster.session import connect_in_background  # Ray, not torch
-    from coordinator.lease import check_run_directory
-    from foundation.config import load_config, names_user_code  # no torch: names.py
-
-    try:
-        config = load_config(args.config, args.overrides)
-        check_run_directory(config.run.storage, config.run.name)
-    except Exception:  # the command finds it again and says what it is
-        return
-    if not names_user_code(config):
-        connect_in_background()
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from cluster.stopping import stop_at_once_on_signals  # neither Ray nor torch
+    # Neither Ray nor torch: benchmarks/p5_startup.py --phases times each step here.
+    from cluster.stopping import stop_at_once_on_signals
+    from coordinator.lease import check_run_directory
+    from foundation.config import load_config, names_user_code
 
-    with stop_at_once_on_signals():  # until the run's polite stop takes over
+    with stop_at_once_on_signals(), exit_codes() as status:  # until the polite stop takes over
+        config = load_config(args.config, args.overrides)
+        run = check_run_directory(config.run.storage, config.run.name)
         try:
-            start_ray_early(args)
-            from jobs.training import run_command  # torch, the coordinator, the input checks
-        except KeyboardInterrupt as stop:  # here, before guarded() can say it
-            return stopped_at_once(stop)
-        return run_command(args)
+            if not names_user_code(config):
+                from cluster.session import connect_in_background  # Ray, not torch
+
+                connect_in_background()  # overlaps the imports and checks below
+            from cluster import driver  # torch, the coordinator
+            from cluster.validate import check_inputs
+            from coordinator.report import summary_table
+        except KeyboardInterrupt as stop:  # here, before exit_codes() can say it
+            status.code = stopped_at_once(stop)
+            return status.code
+        check_inputs(config, run, args.fresh)
+        summary = driver.run(config, fresh=args.fresh)
+        print(summary_table(summary, str(run)))
+    return status.code
 
 
 def stopped_at_once(stop: KeyboardInterrupt) -> int:

@@ -4,7 +4,7 @@ Ray pickles functions defined in `__main__` by value, so everything a task runs 
 importable modules of this package and this file only calls the command line.
 """
 
+from jobs.cli import exit_now
 from jobs.compare.command import main
-from jobs.entry import exit_now
 
 exit_now(main())

@@ -2,7 +2,7 @@
 __main__ by value, and a worker cannot find __main__'s module-level helpers, so the real
 code lives in importable modules (jobs.flatness.command and the ones it imports)."""
 
-from jobs.entry import exit_now
+from jobs.cli import exit_now
 from jobs.flatness.command import main
 
 exit_now(main())

@@ -26,8 +26,7 @@ from cluster.session import connect
 from foundation.config import check_batch_size
 from foundation.data import load_dataset
 from foundation.storage import Storage
-from jobs.cli import fail, guarded
-from jobs.entry import add_run_options
+from jobs.cli import add_run_options, fail, guarded
 from jobs.sweep.resources import Bundle, concurrency, describe, trial_bundles, with_gpus
 from jobs.sweep.results import Row, table_text, trial_rows, write_outputs
 from jobs.sweep.sweepfile import Sweep, join, load_sweep

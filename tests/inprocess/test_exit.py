@@ -1,4 +1,4 @@
-"""Tier 2: how a `python -m jobs…` command ends (jobs.entry.exit_now, jobs.cli.guarded)."""
+"""Tier 2: how a `python -m jobs…` command ends (jobs.cli.exit_now, jobs.cli.guarded)."""
 
 import signal
 import subprocess
@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 PROGRAM = """
 import atexit
-from jobs.entry import exit_now
+from jobs.cli import exit_now
 atexit.register(lambda: print("exit handler ran", flush=True))
 print("output", end="")  # no newline: still in the buffer when exit_now is called
 exit_now(3)
@@ -37,7 +37,7 @@ def test_exit_now_runs_the_exit_handlers_flushes_and_keeps_the_status() -> None:
 
 
 class _FailingHost:
-    """Stands in for CoordinatorHost: advance() raises `error`; shutdown() is recorded."""
+    """Stands in for the Coordinator: advance() raises `error`; shutdown() is recorded."""
 
     def __init__(self, error: Exception) -> None:
         self.error, self.closed = error, False
@@ -65,11 +65,12 @@ def test_an_error_of_the_coordinator_in_this_process_exits_as_from_an_actor(
     # On the private local Ray the Coordinator runs in the driver (cluster/driver.py,
     # HostHere): its errors must end the command as they did from the actor (RayError).
     host, fake = HostHere(), _FailingHost(error)
-    vars(host)["host"] = fake
+    vars(host)["coordinator"] = fake
 
     def body() -> int:
         try:
-            host.advance(0.25)
+            with host.errors():  # as cluster/driver.py's run() drives it
+                host.steppable().advance(0.25)
         finally:
             host.close()
         return 0
