@@ -170,6 +170,12 @@ def local_cluster(
            "RAY_AUTH_TOKEN_PATH": str(token)}  # fmt: skip
     for key in ("RAY_AUTH_TOKEN", "RAY_ADDRESS"):
         env.pop(key, None)
+    # A node whose raylet is gone (SIGKILLed) refuses the GCS's health check at once: three
+    # refusals a second apart mark it dead, where Ray's default (five, three seconds apart)
+    # keeps a lost node's placement-group bundles waiting a quarter of a minute. A live but
+    # busy raylet still has the default 10 s per check to answer, so none is marked dead
+    # by mistake on a loaded machine.
+    env.update(RAY_health_check_period_ms="1000", RAY_health_check_failure_threshold="3")
     gcs, dashboard, store = free_port(), free_port(), f"--object-store-memory={store_bytes}"
     sids: list[int] = []
     node_dirs: list[Path] = []

@@ -49,7 +49,9 @@ def test_submitted_smoke_job_matches_the_run_in_this_process(
     here.shutdown()
 
 
-LONG = ["--config", "jobs/configs/smoke.toml", "--set", "train.rounds=600",
+# Enough rounds after the first checkpoint (round 25) for `ray job stop` to land first.
+ROUNDS = 600
+LONG = ["--config", "jobs/configs/smoke.toml", "--set", f"train.rounds={ROUNDS}",
         "--set", "train.checkpoint_every=25", "--set", "train.eval_every=200"]  # fmt: skip
 
 
@@ -88,21 +90,25 @@ def test_ray_job_stop_then_resubmit_resumes_to_the_same_center(
     assert started.returncode == 0, started.stdout + started.stderr
     job = re.search(r"raysubmit_\w+", started.stdout + started.stderr)
     assert job is not None, started.stdout
+    # Stop it once a checkpoint is behind it. The run's events.jsonl is a local file: a
+    # look costs nothing, where each `ray job logs` would start the CLI on the cores the
+    # job trains on.
+    events = tmp_path / "runs" / "smoke" / "events.jsonl"
     deadline = time.time() + 240
-    while time.time() < deadline:  # stop it once a checkpoint is behind it
-        logs = ray_cli("job", "logs", f"--address={address}", job.group(0), env=env).stdout
-        if "· checkpoint" in logs:
-            break
-        time.sleep(0.5)
+    while '"event": "checkpoint"' not in (events.read_text() if events.exists() else ""):
+        assert time.time() < deadline, "no checkpoint within 240 s"
+        time.sleep(0.1)
     stopped = ray_cli("job", "stop", f"--address={address}", job.group(0), env=env)
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
-    assert "round   600/600" not in logs, "the job finished before it could be stopped"
+    logs = ray_cli("job", "logs", f"--address={address}", job.group(0), env=env).stdout
+    assert "· checkpoint" in logs, logs
+    assert f"round   {ROUNDS}/{ROUNDS}" not in logs, "the job finished before it could be stopped"
 
     again = ray_cli(*submit, "--", "python", "-m", "jobs.train", *args, env=env)
     output = again.stdout + again.stderr
     assert again.returncode == 0, output
     resumed = re.search(r"resuming from the checkpoint at round (\d+)", output)
-    assert resumed is not None and 0 < int(resumed.group(1)) < 600, output
+    assert resumed is not None and 0 < int(resumed.group(1)) < ROUNDS, output
     summary = json.loads((tmp_path / "runs" / "smoke" / "summary.json").read_text())
     assert summary["resumed_from"] == int(resumed.group(1))
     assert summary["center_sha256"] == uninterrupted_sha

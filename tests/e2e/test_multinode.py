@@ -123,12 +123,14 @@ def test_a_spread_run_survives_losing_a_node_while_starting_and_another_mid_run(
       that node: its replicas restart on the others from the center, events.jsonl
       naming the node.
     The job ends SUCCEEDED with every round."""
-    storage, rounds = tmp_path / "runs", 800  # ~30 s: the loss is noticed well before the end
+    # The node is lost right after the first checkpoint: the rounds after it are margin
+    # for the loss to be noticed and its replicas restarted well before the end.
+    storage, rounds = tmp_path / "runs", 200
     run_dir = storage / "smoke"
     sets = [f"run.storage={storage}", f"data.root={tmp_path / 'data'}", "algorithm.replicas=4",
             "resources.placement=spread", "resources.cpus_per_replica=0.5",
             "resources.replicas_per_actor=1",  # one replica per actor, spread over the nodes
-            f"train.rounds={rounds}", "train.checkpoint_every=100",
+            f"train.rounds={rounds}", "train.checkpoint_every=25",
             "train.eval_every=100"]  # fmt: skip
     with extra_node(cluster) as starting:
         args = [a for s in sets for a in ("--set", s)]
