@@ -26,6 +26,16 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("data")
 
 
+@pytest.fixture(scope="session")
+def built_data_root(data_root: Path) -> Path:
+    """data_root with MNIST-1D's Parquet cache built, for runs in other processes (a
+    submitted job, a command line), which would otherwise each generate it again."""
+    from foundation.data import load_dataset
+
+    load_dataset("mnist1d", data_root)
+    return data_root
+
+
 @pytest.fixture
 def make_config(tmp_path: Path, data_root: Path) -> ConfigFactory:
     """load_config with a small budget, this test's run storage and the shared data cache."""

@@ -1,5 +1,6 @@
 """Tier 4: the two example projects, as a user runs them: the console script with import
-paths from the project's folder, and `ray job submit --working-dir examples/<name>`.
+paths from the project's folder (and `ray job submit --working-dir examples/<name>`,
+in test_job_submit.py, which has the head).
 
 The projects live outside the package; their model, data and loss are importable only
 from their own folder (the job's working directory on every node).
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import BIN, RayCli
+from tests.support import BIN
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
@@ -43,20 +44,3 @@ def test_the_console_script_trains_an_example_by_its_import_paths(
     assert summary["headline"] == HEADLINE[example]
     kind = "acc" if example == "gru_mnist1d" else "loss"
     assert f"center test {kind}" in done.stdout
-
-
-@pytest.mark.parametrize("example", sorted(SHORT))
-def test_ray_job_submit_with_the_example_as_working_dir(
-    example: str, head: tuple[str, dict[str, str]], ray_cli: RayCli, tmp_path: Path
-) -> None:
-    address, env = head
-    submitted = ray_cli(
-        "job", "submit", f"--address={address}", f"--working-dir={REPO / 'examples' / example}",
-        "--", "widevalley", "train", "--config", "config.toml", *sets(example, tmp_path),
-        env=env,
-    )  # fmt: skip
-    output = submitted.stdout + submitted.stderr
-    assert submitted.returncode == 0, output
-    assert "center_sha256" in output and "on the Ray cluster at" in output
-    summary = json.loads(next(tmp_path.glob("*/summary.json")).read_text())
-    assert summary["headline"] == HEADLINE[example] and summary["rounds"] > 0

@@ -1,4 +1,5 @@
-"""Tier 4: `ray start --head` on 127.0.0.1 and `ray job submit` of the smoke config."""
+"""Tier 4: `ray start --head` on 127.0.0.1 and `ray job submit`: the smoke config, its
+stop and its driver's loss, and the two example projects as working directories."""
 
 import json
 import os
@@ -12,6 +13,9 @@ from pathlib import Path
 import pytest
 import ray
 
+from tests.e2e.test_examples import HEADLINE
+from tests.e2e.test_examples import SHORT as EXAMPLES
+from tests.e2e.test_examples import sets as example_sets
 from tests.support import RayCli
 
 REPO = Path(__file__).resolve().parents[2]
@@ -20,14 +24,14 @@ pytestmark = pytest.mark.e2e
 
 
 def test_submitted_smoke_job_matches_the_run_in_this_process(
-    head: tuple[str, dict[str, str]], ray_cli: RayCli, tmp_path: Path
+    head: tuple[str, dict[str, str]], ray_cli: RayCli, tmp_path: Path, built_data_root: Path
 ) -> None:
     address, env = head
     storage = tmp_path / "runs"
     submitted = ray_cli(
         "job", "submit", f"--address={address}", f"--working-dir={REPO}", "--",
         "python", "-m", "jobs.train", "--config", "jobs/configs/smoke.toml",
-        "--set", f"run.storage={storage}", "--set", f"data.root={tmp_path / 'data'}",
+        "--set", f"run.storage={storage}", "--set", f"data.root={built_data_root}",
         env=env,
     )  # fmt: skip
     output = submitted.stdout + submitted.stderr
@@ -41,7 +45,7 @@ def test_submitted_smoke_job_matches_the_run_in_this_process(
     from coordinator.groups import LocalGroup
     from foundation.config import load_config
 
-    sets = [f"run.storage={tmp_path / 'here'}", f"data.root={tmp_path / 'data'}"]
+    sets = [f"run.storage={tmp_path / 'here'}", f"data.root={built_data_root}"]
     here = Coordinator(load_config(REPO / "jobs/configs/smoke.toml", sets), LocalGroup)
     while not here.done:
         here.step()
@@ -56,7 +60,7 @@ LONG = ["--config", "jobs/configs/smoke.toml", "--set", f"train.rounds={ROUNDS}"
 
 
 @pytest.fixture(scope="module")
-def uninterrupted_sha(tmp_path_factory: pytest.TempPathFactory) -> str:
+def uninterrupted_sha(tmp_path_factory: pytest.TempPathFactory, built_data_root: Path) -> str:
     """The LONG run without interruption, in-process (the transport changes no bit):
     the center both resume tests must end with, computed once for both."""
     from coordinator.coordinator import Coordinator
@@ -65,7 +69,7 @@ def uninterrupted_sha(tmp_path_factory: pytest.TempPathFactory) -> str:
 
     where = tmp_path_factory.mktemp("whole")
     sets = [LONG[i + 1] for i in range(2, len(LONG), 2)]
-    sets += [f"run.storage={where / 'runs'}", f"data.root={where / 'data'}"]
+    sets += [f"run.storage={where / 'runs'}", f"data.root={built_data_root}"]
     coordinator = Coordinator(load_config(REPO / LONG[1], sets), LocalGroup)
     while not coordinator.done:
         coordinator.step()
@@ -75,7 +79,11 @@ def uninterrupted_sha(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def test_ray_job_stop_then_resubmit_resumes_to_the_same_center(
-    head: tuple[str, dict[str, str]], ray_cli: RayCli, tmp_path: Path, uninterrupted_sha: str
+    head: tuple[str, dict[str, str]],
+    ray_cli: RayCli,
+    tmp_path: Path,
+    uninterrupted_sha: str,
+    built_data_root: Path,
 ) -> None:
     address, env = head
     args = [
@@ -83,7 +91,7 @@ def test_ray_job_stop_then_resubmit_resumes_to_the_same_center(
         "--set",
         f"run.storage={tmp_path / 'runs'}",
         "--set",
-        f"data.root={tmp_path / 'data'}",
+        f"data.root={built_data_root}",
     ]
     submit = ["job", "submit", f"--address={address}", f"--working-dir={REPO}"]
     started = ray_cli(*submit, "--no-wait", "--", "python", "-m", "jobs.train", *args, env=env)
@@ -115,7 +123,7 @@ def test_ray_job_stop_then_resubmit_resumes_to_the_same_center(
 
 
 def test_driver_killed_with_sigkill_resumes_to_the_same_center(
-    tmp_path: Path, uninterrupted_sha: str
+    tmp_path: Path, uninterrupted_sha: str, built_data_root: Path
 ) -> None:
     if ray.is_initialized():
         ray.shutdown()
@@ -124,7 +132,7 @@ def test_driver_killed_with_sigkill_resumes_to_the_same_center(
         "--set",
         f"run.storage={tmp_path / 'runs'}",
         "--set",
-        f"data.root={tmp_path / 'data'}",
+        f"data.root={built_data_root}",
     ]
     command = [sys.executable, "-m", "jobs.train", *args]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
@@ -145,3 +153,20 @@ def test_driver_killed_with_sigkill_resumes_to_the_same_center(
     assert "resuming from the checkpoint at round 25" in again.stdout
     summary = json.loads((tmp_path / "runs" / "smoke" / "summary.json").read_text())
     assert summary["center_sha256"] == uninterrupted_sha
+
+
+@pytest.mark.parametrize("example", sorted(EXAMPLES))
+def test_ray_job_submit_with_the_example_as_working_dir(
+    example: str, head: tuple[str, dict[str, str]], ray_cli: RayCli, tmp_path: Path
+) -> None:
+    address, env = head
+    submitted = ray_cli(
+        "job", "submit", f"--address={address}", f"--working-dir={REPO / 'examples' / example}",
+        "--", "widevalley", "train", "--config", "config.toml", *example_sets(example, tmp_path),
+        env=env,
+    )  # fmt: skip
+    output = submitted.stdout + submitted.stderr
+    assert submitted.returncode == 0, output
+    assert "center_sha256" in output and "on the Ray cluster at" in output
+    summary = json.loads(next(tmp_path.glob("*/summary.json")).read_text())
+    assert summary["headline"] == HEADLINE[example] and summary["rounds"] > 0

@@ -72,7 +72,7 @@ def wait_for_event(run_dir: Path, kind: str, timeout: float) -> None:
 
 
 def test_a_submitted_sweep_runs_its_trials_as_tune_actors_on_the_cluster(
-    cluster: LocalCluster, ray_cli: RayCli, tmp_path: Path
+    cluster: LocalCluster, ray_cli: RayCli, tmp_path: Path, built_data_root: Path
 ) -> None:
     """First in this module, so that the actors listed below are the sweep's alone."""
     storage = tmp_path / "sweeps"
@@ -80,7 +80,7 @@ def test_a_submitted_sweep_runs_its_trials_as_tune_actors_on_the_cluster(
         "job", "submit", f"--address={cluster.dashboard}", f"--working-dir={REPO}",
         "--submission-id=wv-sweep-smoke", "--",
         "python", "-m", "jobs.sweep", "--config", "jobs/configs/sweep_smoke.toml",
-        "--set", f"run.storage={storage}", "--set", f"data.root={tmp_path / 'data'}",
+        "--set", f"run.storage={storage}", "--set", f"data.root={built_data_root}",
         "--set", "train.rounds=6",
         env=cluster.env,
     )  # fmt: skip
@@ -112,7 +112,7 @@ def test_a_submitted_sweep_runs_its_trials_as_tune_actors_on_the_cluster(
 
 
 def test_a_spread_run_survives_losing_a_node_while_starting_and_another_mid_run(
-    cluster: LocalCluster, ray_cli: RayCli, tmp_path: Path
+    cluster: LocalCluster, ray_cli: RayCli, tmp_path: Path, built_data_root: Path
 ) -> None:
     """Two of the operator's reports in one job (one submission: e2e time is the suite's
     scarcest). 4 replicas spread over the nodes, one replica per node:
@@ -127,7 +127,7 @@ def test_a_spread_run_survives_losing_a_node_while_starting_and_another_mid_run(
     # for the loss to be noticed and its replicas restarted well before the end.
     storage, rounds = tmp_path / "runs", 200
     run_dir = storage / "smoke"
-    sets = [f"run.storage={storage}", f"data.root={tmp_path / 'data'}", "algorithm.replicas=4",
+    sets = [f"run.storage={storage}", f"data.root={built_data_root}", "algorithm.replicas=4",
             "resources.placement=spread", "resources.cpus_per_replica=0.5",
             "resources.replicas_per_actor=1",  # one replica per actor, spread over the nodes
             f"train.rounds={rounds}", "train.checkpoint_every=25",

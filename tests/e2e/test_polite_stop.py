@@ -30,10 +30,17 @@ from foundation.config import load_config
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
 SETS = ["train.rounds=160", "train.checkpoint_every=0", "train.eval_every=80"]
+DATA_ROOT = Path("unset")  # the session's built MNIST-1D cache, set before every test
+
+
+@pytest.fixture(autouse=True)
+def shared_data(built_data_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every run here reads the session's MNIST-1D cache instead of generating its own."""
+    monkeypatch.setattr(f"{__name__}.DATA_ROOT", built_data_root)
 
 
 def command(tmp_path: Path, *extra: str) -> list[str]:
-    sets = [*SETS, f"run.storage={tmp_path / 'runs'}", f"data.root={tmp_path / 'data'}", *extra]
+    sets = [*SETS, f"run.storage={tmp_path / 'runs'}", f"data.root={DATA_ROOT}", *extra]
     return [sys.executable, "-m", "jobs.train", "--config", "jobs/configs/smoke.toml",
             *[arg for item in sets for arg in ("--set", item)]]  # fmt: skip
 
@@ -83,7 +90,7 @@ def answers(address: str) -> bool:
 
 
 def uninterrupted_sha(tmp_path: Path) -> str:
-    sets = [*SETS, f"run.storage={tmp_path / 'whole'}", f"data.root={tmp_path / 'data'}"]
+    sets = [*SETS, f"run.storage={tmp_path / 'whole'}", f"data.root={DATA_ROOT}"]
     coordinator = Coordinator(load_config(REPO / "jobs/configs/smoke.toml", sets), LocalGroup)
     while not coordinator.done:
         coordinator.step()
