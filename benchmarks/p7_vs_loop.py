@@ -37,14 +37,14 @@ def hand_loop(sets: list[str], threads: int) -> float:
     import torch
     import torch.nn.functional as F
 
-    from coordinator.resume import make_scopes
+    from coordinator.snapshot import scopes
     from foundation.config import load_config
-    from foundation.ingredients import Ingredients
+    from foundation.parts import Parts
     from replicas.replica import replica_seed
 
     torch.set_num_threads(threads)
     cfg = load_config(CONFIG, sets)
-    parts = Ingredients.from_config(cfg)
+    parts = Parts.from_config(cfg)
     data = parts.load_data(cfg)
     a, y, n = cfg.algorithm, cfg.algorithm.replicas, len(data.train.y)
     seeds = [replica_seed(cfg.run.seed, i) for i in range(y)]
@@ -52,7 +52,7 @@ def hand_loop(sets: list[str], threads: int) -> float:
     opts = [torch.optim.SGD(m.parameters(), lr=a.lr, momentum=a.momentum) for m in models]
     orders = [torch.Generator().manual_seed(s) for s in seeds]
     perms, spots = [torch.randperm(n, generator=g) for g in orders], [0] * y
-    gamma, _ = make_scopes(cfg)
+    gamma, _ = scopes(cfg)
     center: list[torch.Tensor] | None = None
     for r in range(cfg.train.rounds):
         losses = []

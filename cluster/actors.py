@@ -45,7 +45,7 @@ from coordinator.groups import (
 )
 from foundation.config import Config
 from foundation.errors import WideValleyError
-from foundation.ingredients import Ingredients
+from foundation.parts import Parts
 from replicas.chain import Chaining
 from replicas.packed import PackedReplicas
 from replicas.replica import Replica
@@ -96,7 +96,7 @@ class RayReplicaGroup:
         config: Config,
         replica_cls: type[Replica] = Replica,
         placement: tuple[PlacementGroup, int] | None = None,
-        parts: Ingredients | None = None,
+        parts: Parts | None = None,
     ) -> None:
         self.config = config
         # Given parts (the Python API's objects) go to the object store once; None: each

@@ -42,7 +42,7 @@ from coordinator.loop import Steppable, drive
 from coordinator.rundir import RunDir
 from foundation.config import Config
 from foundation.errors import WideValleyError
-from foundation.ingredients import Ingredients
+from foundation.parts import Parts
 
 
 def one_line(err: Exception) -> str:
@@ -59,9 +59,7 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
-def open_coordinator(
-    config: Config, fresh: bool, job: str, parts: Ingredients | None
-) -> Coordinator:
+def open_coordinator(config: Config, fresh: bool, job: str, parts: Parts | None) -> Coordinator:
     """The run's Coordinator, its replicas started on Ray (cluster/collective.py picks
     the group for the transport)."""
     group = functools.partial(replica_group_class(config), parts=parts)
@@ -76,7 +74,7 @@ class CoordinatorHost:
     actor."""
 
     def start(
-        self, config: Config, fresh: bool, job: str, parts: Ingredients | None = None
+        self, config: Config, fresh: bool, job: str, parts: Parts | None = None
     ) -> dict[str, Any]:
         self.coordinator = open_coordinator(config, fresh, job, parts)
         return self.coordinator.status()
@@ -98,7 +96,7 @@ class CoordinatorHost:
 
 def run(
     config: Config, fresh: bool = False, say: Callable[[str], None] = _say,
-    parts: Ingredients | None = None,
+    parts: Parts | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Train `config` to its last round (resuming if its run directory holds a
     checkpoint, unless `fresh`); returns the summary. SIGTERM or SIGINT stop it at the
@@ -185,7 +183,7 @@ class Host(Protocol):
     """The CoordinatorHost, wherever it runs (coordinator.loop.Steppable, and more)."""
 
     def start(
-        self, config: Config, fresh: bool, job: str, parts: Ingredients | None
+        self, config: Config, fresh: bool, job: str, parts: Parts | None
     ) -> dict[str, Any]: ...
 
     def steppable(self) -> Steppable:
@@ -219,9 +217,7 @@ class HostActor:
             ray.remote(CoordinatorHost).options(num_cpus=0, scheduling_strategy=here).remote()
         )
 
-    def start(
-        self, config: Config, fresh: bool, job: str, parts: Ingredients | None
-    ) -> dict[str, Any]:
+    def start(self, config: Config, fresh: bool, job: str, parts: Parts | None) -> dict[str, Any]:
         status: dict[str, Any] = ray.get(self.actor.start.remote(config, fresh, job, parts))
         return status
 
@@ -264,7 +260,7 @@ class HostHere:
     coordinator: Coordinator | None = None
 
     def start(
-        self, config: Config, fresh: bool, job: str, parts: Ingredients | None = None
+        self, config: Config, fresh: bool, job: str, parts: Parts | None = None
     ) -> dict[str, Any]:
         with as_from_actor():
             self.coordinator = open_coordinator(config, fresh, job, parts)

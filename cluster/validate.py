@@ -22,7 +22,7 @@ from coordinator import checkpoint
 from coordinator.resume import check_same_run
 from foundation.config import Config, check_batch_size, config_from_text, names_user_code, to_dict
 from foundation.data import load_dataset
-from foundation.ingredients import Ingredients, check
+from foundation.parts import Parts, check
 from foundation.storage import Storage
 from replicas.packed import check_packable
 
@@ -48,7 +48,7 @@ def on_remote_cluster() -> bool:
     return os.environ.get("RAY_ADDRESS", "") not in ("", "local")
 
 
-def check_parts(config: Config, parts: Ingredients | None = None, *, remote: bool) -> None:
+def check_parts(config: Config, parts: Parts | None = None, *, remote: bool) -> None:
     """The checks of the module's docstring: in this process, or (remote, after Ray is
     connected) in a Ray task; ConfigError (or a RayTaskError carrying it) on a failure."""
     if parts is None and not names_user_code(config):
@@ -59,7 +59,7 @@ def check_parts(config: Config, parts: Ingredients | None = None, *, remote: boo
         _check(config, parts)
 
 
-def _check(config: Config, parts: Ingredients | None) -> None:
-    parts = parts if parts is not None else Ingredients.from_config(config)
+def _check(config: Config, parts: Parts | None) -> None:
+    parts = parts if parts is not None else Parts.from_config(config)
     data = check(parts, config)
     check_packable(parts, config, data)

@@ -28,7 +28,6 @@ from torch import Tensor
 
 from coordinator import checkpoint, report, snapshot
 from coordinator.center_keeper import Center, GatheredCenter
-from coordinator.ensemble import annotate, evaluation, headline, headline_value
 from coordinator.failures import MAX_CONSECUTIVE_FAILURES, Divergence, FailurePolicy, RunFailed
 from coordinator.groups import (
     KEPT,
@@ -40,10 +39,10 @@ from coordinator.groups import (
     delivered,
 )
 from coordinator.lease import Lease, LeaseLost
-from coordinator.resume import make_scopes
+from coordinator.report import annotate, evaluation, headline, headline_value
 from coordinator.rundir import CENTER_FILE, RunDir, torch_bytes
 from foundation.config import Config, to_toml
-from foundation.ingredients import Ingredients
+from foundation.parts import Parts
 from foundation.storage import StorageError
 from replicas.replica import RoundStats, replica_seed
 
@@ -66,10 +65,10 @@ class Coordinator:
         fresh: bool = False,
         allow_changes: tuple[str, ...] = (),
         job: str = "",
-        parts: Ingredients | None = None,
+        parts: Parts | None = None,
     ) -> None:
         self.config = config
-        self.parts = parts if parts is not None else Ingredients.from_config(config)
+        self.parts = parts if parts is not None else Parts.from_config(config)
         self.allow_changes = allow_changes
         self.run = RunDir(config.run.storage, config.run.name)
         # Nothing is written here before the lease is ours (a second run fails at once).
@@ -86,7 +85,7 @@ class Coordinator:
         config = self.config
         if fresh:
             self.run.clear()
-        self.gamma, self.rho = make_scopes(config)
+        self.gamma, self.rho = snapshot.scopes(config)
         self.group = group_factory(config)
         for loss in self.group.start_losses:  # started again: nothing to restore yet
             for a in loss.replicas:

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from foundation.config import Config
-from foundation.ingredients import Ingredients
+from foundation.parts import Parts
 from replicas.chain import Chain, FormedRound, run_chain
 from replicas.packed import PackedReplicas
 from replicas.replica import Replica, RoundStats
@@ -171,7 +171,7 @@ def as_list(result: Any, packed: bool) -> list[Any]:
 class LocalGroup:
     """Replicas as plain objects in this process, one unit after another."""
 
-    def __init__(self, config: Config, parts: Ingredients | None = None) -> None:
+    def __init__(self, config: Config, parts: Parts | None = None) -> None:
         self.config = config
         self.parts = parts  # None: each replica resolves the config's names itself
         self.units_of = layout(config)

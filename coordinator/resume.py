@@ -1,17 +1,15 @@
-"""A run's schedules and what may change when it resumes.
+"""What resuming checks: that the checkpoint is of this run.
 
-make_scopes builds γ (the scope) and ρ (Parle's center pull) from the config; a
-checkpoint keeps their state, so a resumed run continues the schedule where it stopped.
 check_same_run refuses to resume a run directory with a config that trains something
 else; how long a run trains and how it reports may change (RESUMABLE_CHANGES).
+check_same_model refuses a checkpoint of another model, even under the same names.
 """
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
-from flatmath.scoping import Scope
-from foundation.config import Config
 from foundation.errors import WideValleyError
 
 
@@ -24,32 +22,6 @@ class ResumeMismatch(WideValleyError, ValueError):
 # (resources.replicas_per_actor = auto on another cluster): the same training, though
 # not bit-identical to an uninterrupted run, since packed kernels sum in another order.
 RESUMABLE_CHANGES = ("train", "logging", "run.name", "run.storage", "resources.replicas_per_actor")
-
-
-def make_scopes(config: Config) -> tuple[Scope, Scope]:
-    """γ (the scope) and ρ (Parle's center pull) on the same schedule kind and horizon."""
-    s, horizon = config.scoping, config.train.rounds
-    gamma1 = None if s.gamma1 == "auto" else float(s.gamma1)
-    gamma = Scope(
-        kind=s.kind,
-        gamma0=None if s.gamma0 == "auto" else float(s.gamma0),
-        gamma1=gamma1,
-        gamma_max=s.gamma_max,
-        horizon=horizon,
-    )
-    rho = Scope(kind=s.kind, gamma0=s.rho0, gamma1=gamma1, gamma_max=s.rho_max, horizon=horizon)
-    if config.algorithm.kind == "sgd":  # γ = 0: y independent replicas
-        gamma = Scope(kind="constant", gamma0=0.0)
-    return gamma, rho
-
-
-def rescoped(config: Config, gamma: Scope, rho: Scope) -> tuple[Scope, Scope]:
-    """A changed (allowed) scoping config: the new schedules, at the round reached."""
-    new_gamma, new_rho = make_scopes(config)
-    new_gamma.round, new_rho.round = gamma.round, rho.round
-    if new_gamma.gamma0 is None:  # "auto" keeps what the first round measured
-        new_gamma.gamma0, new_gamma.gamma1 = gamma.gamma0, gamma.gamma1
-    return new_gamma, new_rho
 
 
 def check_same_run(
@@ -71,3 +43,31 @@ def check_same_run(
                     f"{where} holds a run with {name} = {value!r}, not {current!r}: "
                     "use --fresh to start over, or another run.name"
                 )
+
+
+def check_same_model(state: dict[str, Any], now: dict[str, Any], path: str) -> None:
+    """Refuse a checkpoint of another model: the config's names can stay the same while
+    the code behind them changed (fit's objects, an edited class)."""
+    again = "resume with the same model, or start over (--fresh, fit(fresh=True))"
+    saved = state.get("model")
+    if saved is not None and saved["class"] != now["class"]:
+        raise ResumeMismatch(
+            f"{path} holds a checkpoint of {saved['class']}; this model is {now['class']}: " + again
+        )
+    count = state.get("num_params", now["num_params"])  # checkpoints before "model"
+    if count != now["num_params"]:
+        raise ResumeMismatch(
+            f"{path} holds a checkpoint of a model with {count} parameters; this model has "
+            f"{now['num_params']}: " + again
+        )
+    tensors = now["tensors"] if saved is None else saved["tensors"]
+    for i, (then, here) in enumerate(itertools.zip_longest(tensors, now["tensors"])):
+        if then is None or here is None or then[1] != here[1]:
+            raise ResumeMismatch(
+                f"{path} holds a checkpoint whose tensor {i} is {_shown(then)}; this "
+                f"model's is {_shown(here)}: " + again
+            )
+
+
+def _shown(tensor: list[Any] | None) -> str:
+    return "missing" if tensor is None else f"{tensor[0]} of shape {tuple(tensor[1])}"

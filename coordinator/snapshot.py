@@ -3,12 +3,12 @@
 capture() gathers everything resuming needs — the center (and what was last sent), the
 γ/ρ schedules, the failure policy's state, the evaluations and every replica's state —
 and restore() puts a Coordinator back where its newest good checkpoint left it,
-refusing a config that trains something else (resume.check_same_run).
+refusing a config or a model that trains something else (resume.py says what is
+checked; checkpoint.py writes and reads the files).
 """
 
 from __future__ import annotations
 
-import itertools
 from typing import Any, Protocol
 
 import pyarrow as pa
@@ -17,9 +17,9 @@ from coordinator import checkpoint
 from coordinator.center_keeper import Center
 from coordinator.failures import FailurePolicy
 from coordinator.groups import ReplicaGroup
-from coordinator.resume import ResumeMismatch, check_same_run, rescoped
+from coordinator.resume import check_same_model, check_same_run
 from coordinator.rundir import METRICS, RunDir
-from flatmath.scoping import Scope
+from flatmath.scoping import Scope, rescoped, schedules
 from foundation.config import Config, to_dict
 
 
@@ -41,6 +41,13 @@ class RunState(Protocol):
     def states(self) -> list[dict[str, Any]]:
         """Every replica's state (lost replicas restarted from the center first)."""
         ...
+
+
+def scopes(config: Config) -> tuple[Scope, Scope]:
+    """A fresh run's γ and ρ schedules (flatmath/scoping.py); a checkpoint keeps their
+    state, so a resumed run continues them where it stopped."""
+    coupled = config.algorithm.kind != "sgd"  # plain SGD: y independent replicas, γ = 0
+    return schedules(config.scoping, config.train.rounds, coupled)
 
 
 def capture(run: RunState) -> dict[str, Any]:
@@ -77,41 +84,13 @@ def restore(run: RunState) -> int | None:
     run.rho = Scope.from_state_dict(state["rho"])
     scoping_may_change = any(k.split(".")[0] == "scoping" for k in run.allow_changes)
     if scoping_may_change and state["config"]["scoping"] != now["scoping"]:
-        run.gamma, run.rho = rescoped(run.config, run.gamma, run.rho)
+        run.gamma, run.rho = rescoped(scopes(run.config), (run.gamma, run.rho))
     run.policy.load_state_dict(state)
     run.evaluations = list(state["evaluations"])
     run.group.load_states(state["replicas"])
     run.rows = [r for r in _metrics(run.run) if r["round"] <= round_]
     run.run.event("resume", round=round_)
     return round_
-
-
-def check_same_model(state: dict[str, Any], now: dict[str, Any], path: str) -> None:
-    """Refuse a checkpoint of another model: the config's names can stay the same while
-    the code behind them changed (fit's objects, an edited class)."""
-    again = "resume with the same model, or start over (--fresh, fit(fresh=True))"
-    saved = state.get("model")
-    if saved is not None and saved["class"] != now["class"]:
-        raise ResumeMismatch(
-            f"{path} holds a checkpoint of {saved['class']}; this model is {now['class']}: " + again
-        )
-    count = state.get("num_params", now["num_params"])  # checkpoints before "model"
-    if count != now["num_params"]:
-        raise ResumeMismatch(
-            f"{path} holds a checkpoint of a model with {count} parameters; this model has "
-            f"{now['num_params']}: " + again
-        )
-    tensors = now["tensors"] if saved is None else saved["tensors"]
-    for i, (then, here) in enumerate(itertools.zip_longest(tensors, now["tensors"])):
-        if then is None or here is None or then[1] != here[1]:
-            raise ResumeMismatch(
-                f"{path} holds a checkpoint whose tensor {i} is {_shown(then)}; this "
-                f"model's is {_shown(here)}: " + again
-            )
-
-
-def _shown(tensor: list[Any] | None) -> str:
-    return "missing" if tensor is None else f"{tensor[0]} of shape {tuple(tensor[1])}"
 
 
 def _metrics(run: RunDir) -> list[dict[str, Any]]:

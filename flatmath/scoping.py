@@ -13,13 +13,16 @@ Automatic settings (Pittorino et al.): γ0 = None is measured after the first ro
 (mean train loss) / (mean ½‖w^a − w̄‖²) — until then γ = 0, so the first round is
 uncoupled; γ1 = None on an exponential schedule is (γmax/γ0)^(1/R) − 1, reaching γmax
 at r = R. Unlike the reference code, the counter really advances (step()).
+
+schedules() builds a run's γ and ρ from its scoping settings; rescoped() moves a
+resumed run onto changed settings at the round it reached.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 SCHEDULES: tuple[str, ...] = ("constant", "exponential", "linear", "cosine")
 
@@ -129,3 +132,38 @@ class Scope:
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> Scope:
         return cls(**state)
+
+
+class ScopingSettings(Protocol):
+    """What the schedules are built from (the run config's [scoping] section)."""
+
+    kind: str
+    gamma0: float | str
+    """γ0, or "auto"."""
+    gamma1: float | str
+    """γ1, or "auto"."""
+    gamma_max: float
+    rho0: float
+    rho_max: float
+
+
+def schedules(settings: ScopingSettings, horizon: int, coupled: bool) -> tuple[Scope, Scope]:
+    """γ (the scope) and ρ (Parle's center pull) on the same schedule kind and horizon;
+    `coupled` False (plain SGD's y independent replicas): γ = 0 throughout."""
+    s = settings
+    gamma1 = None if s.gamma1 == "auto" else float(s.gamma1)
+    gamma0 = None if s.gamma0 == "auto" else float(s.gamma0)
+    gamma = Scope(kind=s.kind, gamma0=gamma0, gamma1=gamma1, gamma_max=s.gamma_max,
+                  horizon=horizon)  # fmt: skip
+    rho = Scope(kind=s.kind, gamma0=s.rho0, gamma1=gamma1, gamma_max=s.rho_max, horizon=horizon)
+    return (gamma if coupled else Scope(kind="constant", gamma0=0.0)), rho
+
+
+def rescoped(new: tuple[Scope, Scope], reached: tuple[Scope, Scope]) -> tuple[Scope, Scope]:
+    """The `new` schedules (a changed, allowed scoping config) at the round the `reached`
+    ones are at; an automatic γ0 keeps what the first round measured."""
+    (gamma, rho), (old_gamma, old_rho) = new, reached
+    gamma.round, rho.round = old_gamma.round, old_rho.round
+    if gamma.gamma0 is None:
+        gamma.gamma0, gamma.gamma1 = old_gamma.gamma0, old_gamma.gamma1
+    return gamma, rho

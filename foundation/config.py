@@ -25,7 +25,7 @@ from foundation.fields import (
     read_toml,
     toml_value,
 )
-from foundation.names import ARCHS, DATASETS, LOSS_NAMES, METRIC_NAMES, is_import_path
+from foundation.part_names import ARCHS, DATASETS, LOSS_NAMES, METRIC_NAMES, is_import_path
 from foundation.storage import name_problem
 
 ALGORITHMS: tuple[str, ...] = ("sgd", "rsgd", "esgd", "parle", "easgd", "diloco", "localsgd")

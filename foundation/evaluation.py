@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from flatmath.flat import unflatten_state_
 from foundation.data import Dataset, Split
-from foundation.registry import LossFn, MetricFn, accuracy, as_float
+from foundation.parts import LossFn, MetricFn, accuracy, as_float
 
 EVAL_CHUNK = 64  # evaluation forwards in chunks: all test images of ResNet-18 at once take GiBs
 EVAL_TRAIN_SAMPLES = 10_000  # train accuracy on a fixed prefix: enough to read a gap

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from foundation.names import ARCHS
+from foundation.part_names import ARCHS
 
 
 def build_model(arch: str, input_shape: tuple[int, ...], num_classes: int | None) -> nn.Module:

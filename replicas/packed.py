@@ -26,7 +26,7 @@ from torch.func import functional_call, vmap
 from foundation.config import Config
 from foundation.data import Dataset
 from foundation.fields import ConfigError
-from foundation.ingredients import Ingredients, InMemoryData
+from foundation.parts import InMemoryData, Parts
 from replicas.packed_forward import compile_packed
 from replicas.replica import Replica, RoundStats
 from replicas.unit import Unit
@@ -40,7 +40,7 @@ class PackedReplicas(Unit[list[RoundStats]]):
         device: str = "cpu",
         threads: int = 0,
         force_vmap: bool = False,  # tests and benchmarks/p2_packed.py compare both forwards
-        parts: Ingredients | None = None,
+        parts: Parts | None = None,
     ) -> None:
         # One copy of the data for all members (p copies would cost p × a CIFAR-10).
         first = Replica(indices[0], config, device, threads, parts=parts)
@@ -207,7 +207,7 @@ class PackedReplicas(Unit[list[RoundStats]]):
         self.members[row].load_state_dict(state)
 
 
-def check_packable(parts: Ingredients, config: Config, data: Dataset) -> None:
+def check_packable(parts: Parts, config: Config, data: Dataset) -> None:
     """With resources.replicas_per_actor > 1, step two packed replicas once: a model that
     neither the batched kernels nor vmap can step fails here, with one line."""
     p = config.resources.per_actor()

@@ -24,7 +24,7 @@ from flatmath.flat import FlatModule, readonly_tensor
 from foundation.config import Config
 from foundation.data import Dataset, Split
 from foundation.evaluation import EVAL_TRAIN_SAMPLES, load_vector_, metrics
-from foundation.ingredients import Ingredients
+from foundation.parts import Parts
 from replicas.stream import BatchStream
 from replicas.unit import Unit
 
@@ -65,7 +65,7 @@ class Replica(Unit[RoundStats]):
         device: str = "cpu",
         threads: int = 0,
         data: Dataset | None = None,  # the run's data on `device`, shared (packed members)
-        parts: Ingredients | None = None,  # model, data, loss, metric; else from the config
+        parts: Parts | None = None,  # model, data, loss, metric; else from the config
     ) -> None:
         if threads > 0:
             torch.set_num_threads(threads)
@@ -79,7 +79,7 @@ class Replica(Unit[RoundStats]):
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.seed = replica_seed(config.run.seed, index)
         # Import paths are resolved here, on this replica's node.
-        self.parts = parts if parts is not None else Ingredients.from_config(config)
+        self.parts = parts if parts is not None else Parts.from_config(config)
         self.data = data if data is not None else self._load_data()
         # DiLoCo and local SGD start every replica from the same weights (θ0).
         common = config.algorithm.kind in ("diloco", "localsgd")

@@ -34,7 +34,7 @@ from foundation.config import Config, load_config
 from foundation.data import DatasetError
 from foundation.errors import WideValleyError
 from foundation.fields import ConfigError
-from foundation.ingredients import Ingredients
+from foundation.parts import Parts
 from foundation.storage import StorageError
 from widevalley.api import fit
 from widevalley.result import Result
@@ -47,9 +47,9 @@ __all__ = [
     "CoordinatorError",
     "DatasetError",
     "DivergenceError",
-    "Ingredients",
     "LeaseHeld",
     "LeaseLost",
+    "Parts",
     "ResourceError",
     "Result",
     "ResumeMismatch",

@@ -37,8 +37,8 @@ from coordinator.loop import drive
 from coordinator.rundir import RunDir
 from foundation.config import Config, to_toml
 from foundation.errors import WideValleyError
-from foundation.ingredients import Ingredients
-from widevalley.parts import ConfigLike, DataLike, as_config, prepare
+from foundation.parts import Parts
+from widevalley.arguments import ConfigLike, DataLike, as_config, prepare
 from widevalley.result import Result
 from widevalley.tuning import TrialReporter, current_trial
 
@@ -154,7 +154,7 @@ def _trial_group(config: Config) -> tuple[Callable[..., Any], str]:
 
 
 def _run_here(
-    config: Config, parts: Ingredients | None, group: GroupFactory, fresh: bool,
+    config: Config, parts: Parts | None, group: GroupFactory, fresh: bool,
     allow_changes: tuple[str, ...], reporter: TrialReporter | None, say: Callable[[str], None],
     wandb_group: str | None,
 ) -> None:  # fmt: skip

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from coordinator.rundir import CENTER_FILE, METRICS, RunDir
 from foundation.config import Config
-from foundation.ingredients import Ingredients
+from foundation.parts import Parts
 
 
 @dataclass
@@ -26,11 +26,11 @@ class Result:
     """The center as the model's state_dict, BatchNorm statistics recomputed."""
     run_dir: str
     config: Config
-    parts: Ingredients | None = field(default=None, repr=False)
+    parts: Parts | None = field(default=None, repr=False)
     _model_context: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def read(cls, config: Config, parts: Ingredients | None = None) -> Result:
+    def read(cls, config: Config, parts: Parts | None = None) -> Result:
         """The result of the finished run in config's run directory."""
         run = RunDir(config.run.storage, config.run.name)
         center = torch.load(io.BytesIO(run.read_bytes(CENTER_FILE)), weights_only=True)
@@ -51,7 +51,7 @@ class Result:
 
     def model(self) -> nn.Module:
         """The center as a model in eval mode (built with the run's model factory)."""
-        parts = self.parts or Ingredients.from_config(self.config)
+        parts = self.parts or Parts.from_config(self.config)
         model = parts.new_model_for(self._model_context, seed=0)
         model.load_state_dict(self.center_state_dict)
         return model.eval()

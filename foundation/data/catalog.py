@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from foundation.errors import WideValleyError
-from foundation.names import DATASETS as DATASETS  # the package re-exports it
+from foundation.part_names import DATASETS as DATASETS  # the package re-exports it
 
 SPLITS: tuple[str, ...] = ("train", "test")
 

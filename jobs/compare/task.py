@@ -4,7 +4,7 @@ Training uses LocalGroup (all y replicas in this process, torch on one thread), 
 task does y × steps gradient evaluations on one CPU: equal compute for every method.
 A final run's measurements go into the run directory (MEASURES_FILE), so the table is
 built from run directories only. Models, data, loss and metric are the run's own
-(foundation.ingredients, resolved in the task: a user's module is imported there), and
+(foundation.parts, resolved in the task: a user's module is imported there), and
 every measure is of the run's loss.
 """
 
@@ -19,22 +19,21 @@ from torch import nn
 
 from coordinator import checkpoint
 from coordinator.coordinator import Coordinator
-from coordinator.ensemble import ensemble_scores
 from coordinator.groups import LocalGroup
 from coordinator.loop import drive
+from coordinator.report import ensemble_scores
 from coordinator.rundir import RunDir
 from foundation.config import Config, config_from_text, to_toml
 from foundation.data import Dataset
 from foundation.evaluation import EVAL_TRAIN_SAMPLES, load_vector_, metrics
-from foundation.ingredients import Ingredients
-from foundation.registry import LossFn
+from foundation.parts import LossFn, Parts
 from jobs.compare.methods import MEASURES_FILE, REPLICA_ROWS
 from jobs.compare.protocol import FlatnessSpec
 from landscape import hessian_top_eigenvalues, local_energy
 
 
 def _model_from(
-    config: Config, parts: Ingredients, vector: Any, data: Dataset, center: bool
+    config: Config, parts: Parts, vector: Any, data: Dataset, center: bool
 ) -> nn.Module:
     """The model a flat vector holds, in eval mode; a center's BatchNorm statistics are
     recomputed (foundation.evaluation: the same center the replicas evaluated)."""
@@ -67,10 +66,10 @@ def _flatness_of(
 
 
 def _ensemble_train(
-    config: Config, parts: Ingredients, state: dict[str, Any], data: Dataset
+    config: Config, parts: Parts, state: dict[str, Any], data: Dataset
 ) -> dict[str, float]:
     """The output ensemble of the replicas on the summary's train prefix, scored as the
-    run scores its ensemble on test (coordinator.ensemble: averaged class probabilities
+    run scores its ensemble on test (coordinator.report: averaged class probabilities
     with cross entropy, else averaged outputs; the run's loss and metric):
     ensemble_train_loss, and ensemble_train_accuracy or _metric when the run has one."""
     outputs = [
@@ -91,7 +90,7 @@ def measure_models(
     if found is None:
         raise RuntimeError(f"{run_dir.path} has no checkpoint")
     _, state = found
-    parts = Ingredients.from_config(config)
+    parts = Parts.from_config(config)
     data = parts.load_data(config)  # what the replicas trained on (held_out as they did)
     n = min(flat.subset, len(data.train.y))
     x, y = data.train.x[:n], data.train.y[:n]

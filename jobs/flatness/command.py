@@ -10,7 +10,7 @@ replicas from their newest verified checkpoints, with every measure of docs/algo
 
 All of them on a STATED subset: the first `--subset` training samples (and the first
 `--subset` test samples for the test split of δE), with the run's own model, data and
-loss (train.loss: cross-entropy, mse or a user's, through foundation.ingredients); the
+loss (train.loss: cross-entropy, mse or a user's, through foundation.parts); the
 test number the run is judged by (its accuracy, a user's metric, or its loss when it has
 no metric) on the whole test set.
 A center's BatchNorm statistics are recomputed first on the data the run trained on, as

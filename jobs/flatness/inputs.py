@@ -2,7 +2,7 @@
 and each spec made into a model in eval mode.
 
 The model, the data, the loss and the metric are the run's own, resolved from its
-config by foundation.ingredients where the measuring runs (a user's import path is
+config by foundation.parts where the measuring runs (a user's import path is
 imported there; one that cannot be is one line naming its key, exit status 2).
 A center's BatchNorm statistics are recomputed by foundation.evaluation on the run's own
 training data (held_out: without the validation part when data.validation > 0), the code
@@ -25,7 +25,7 @@ from coordinator.rundir import RunDir
 from foundation.config import Config, ConfigError, config_from_text
 from foundation.data import Dataset, held_out
 from foundation.evaluation import has_batchnorm, load_vector_
-from foundation.ingredients import Ingredients
+from foundation.parts import Parts
 from foundation.storage import Storage
 from jobs.flatness.settings import FlatnessError
 
@@ -51,7 +51,7 @@ class LoadedRun:
     config: Config
     round: int
     state: dict[str, Any]
-    parts: Ingredients
+    parts: Parts
     """The run's model, data, loss and metric, resolved here (the tasks resolve their own)."""
 
 
@@ -83,21 +83,21 @@ def open_run(spec: str) -> LoadedRun:
         skipped = f" ({len(corrupt)} corrupt skipped)" if corrupt else ""
         raise FlatnessError(f"no verified checkpoint in {shown}/checkpoints{skipped}")
     round_, state = found
-    return LoadedRun(run, config, round_, state, _ingredients(run.path, config))
+    return LoadedRun(run, config, round_, state, _parts(run.path, config))
 
 
-def _ingredients(path: str, config: Config) -> Ingredients:
-    """The run's ingredients, or FlatnessError naming the run and the key that failed
+def _parts(path: str, config: Config) -> Parts:
+    """The run's parts, or FlatnessError naming the run and the key that failed
     (a model or loss whose module cannot be imported here, say)."""
     try:
-        return ingredients_of(config)
+        return parts_of(config)
     except ConfigError as err:
         raise FlatnessError(f"{path}/config.toml: {err}") from None
 
 
-def ingredients_of(config: Config) -> Ingredients:
+def parts_of(config: Config) -> Parts:
     """The model, data, loss and metric a config names (ConfigError naming the key)."""
-    return Ingredients.from_config(config)
+    return Parts.from_config(config)
 
 
 def _check_exists(storage: str, name: str, shown: str) -> None:
@@ -154,11 +154,11 @@ def _data_key(config: Config) -> tuple[str, str, str]:
 def dataset_of(config: Config) -> Dataset:
     """The whole data set: the measures' stated subsets and the whole test set."""
     root = config.data.root
-    return _cached(("whole", *_data_key(config)), lambda: ingredients_of(config).data.load(root))
+    return _cached(("whole", *_data_key(config)), lambda: parts_of(config).data.load(root))
 
 
 def trained_on(config: Config) -> Dataset:
-    """The data the run trained on (its replicas' data, Ingredients.load_data): the
+    """The data the run trained on (its replicas' data, Parts.load_data): the
     training set without the validation part when data.validation > 0. A center's
     BatchNorm statistics come from it."""
     fraction = config.data.validation
@@ -167,13 +167,13 @@ def trained_on(config: Config) -> Dataset:
 
 
 def prepare_model(
-    spec: ModelSpec, device: str = "cpu", parts: Ingredients | None = None
+    spec: ModelSpec, device: str = "cpu", parts: Parts | None = None
 ) -> tuple[nn.Module, str]:
     """The model of a spec, in eval mode; a center gets its BatchNorm statistics
     recomputed exactly as replicas/replica.py does. Returns the model and a line saying
     where its BatchNorm statistics come from."""
     config = spec.config
-    parts = parts if parts is not None else ingredients_of(config)
+    parts = parts if parts is not None else parts_of(config)
     data = trained_on(config)
     # Seed 0 in a forked RNG: every weight is overwritten, the caller's RNG is left alone.
     model = parts.new_model(data, seed=0).to(device)

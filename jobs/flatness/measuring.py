@@ -13,8 +13,7 @@ from torch import Tensor, nn
 
 from foundation.data import Dataset
 from foundation.evaluation import metrics
-from foundation.ingredients import Ingredients
-from foundation.registry import LossFn
+from foundation.parts import LossFn, Parts
 from jobs.flatness.settings import SPLITS, Settings
 from landscape import (
     NOISES,
@@ -42,7 +41,7 @@ class Measured:
     test_metric: float | None
     metric_name: str | None
     """"accuracy", "metric" (a user's) or None (the run has no metric: the loss is its
-    headline), as Ingredients.metric_name."""
+    headline), as Parts.metric_name."""
     labels: bool
     """The targets are class labels: only then are the error rates of δE measured."""
     energy: dict[tuple[str, str], LocalEnergy]
@@ -70,7 +69,7 @@ class _Hessian:
 def measure(
     model: nn.Module,
     data: Dataset,
-    parts: Ingredients,
+    parts: Parts,
     settings: Settings,
     progress: ProgressFn | None = None,
 ) -> Measured:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from foundation.data import Dataset
-from foundation.ingredients import Ingredients
+from foundation.parts import Parts
 from jobs.flatness.measuring import Measured, ProgressFn, measure
 from jobs.flatness.rows import energy_at
 from jobs.flatness.settings import MEASURES, SPLITS, Settings
@@ -83,7 +83,7 @@ def rescale_check(
     model: nn.Module,
     data: Dataset,
     before: Measured,
-    parts: Ingredients,
+    parts: Parts,
     settings: Settings,
     progress: ProgressFn | None = None,
 ) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from foundation.models import count_parameters
-from jobs.flatness.inputs import ModelSpec, dataset_of, ingredients_of, prepare_model
+from jobs.flatness.inputs import ModelSpec, dataset_of, parts_of, prepare_model
 from jobs.flatness.measuring import ProgressFn, measure
 from jobs.flatness.rescaling import rescale_check
 from jobs.flatness.rows import Result, rows_of, summary_of
@@ -24,7 +24,7 @@ def measure_model(
 ) -> Result:
     """Everything about one model as plain data: tidy rows, a summary, the rescale check."""
     started = time.perf_counter()
-    parts = ingredients_of(spec.config)  # resolved here: a Ray task imports user code itself
+    parts = parts_of(spec.config)  # resolved here: a Ray task imports user code itself
     model, bn_note = prepare_model(spec, settings.device, parts)
     loaded = time.perf_counter() - started
     data = dataset_of(spec.config)

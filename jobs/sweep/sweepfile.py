@@ -21,7 +21,7 @@ from foundation.config import (
     to_dict,
 )
 from foundation.fields import checked_value, knob, read_toml
-from foundation.ingredients import metric_kind
+from foundation.parts import metric_kind
 from foundation.storage import name_problem
 from jobs import CONFIG_DIR
 from jobs.sweep.space import Distribution, SweepError, parse_space, raw, unknown_key

@@ -21,7 +21,7 @@ from coordinator.coordinator import Coordinator
 from coordinator.groups import LocalGroup
 from foundation.config import UNCOUPLED_ALGORITHMS
 from foundation.fields import ConfigError
-from foundation.ingredients import Ingredients
+from foundation.parts import Parts
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 ALGORITHMS = {
@@ -136,6 +136,6 @@ def test_a_user_model_resumes_exactly(tmp_path: Path) -> None:
 
 def test_import_paths_are_resolved_where_the_replica_runs(tmp_path: Path) -> None:
     config = widevalley.load_config(EXAMPLES / "regression" / "config.toml")
-    parts = Ingredients.from_config(config)
+    parts = Parts.from_config(config)
     assert parts.model.__module__ == "curvefit.model" and parts.metric is None
     assert parts.loss.__module__ == "curvefit.losses"

@@ -101,10 +101,10 @@ def test_file_errors_are_one_line(tmp_path: Path) -> None:
 
 
 def test_the_config_knows_every_built_in_part_by_name_without_importing_torch() -> None:
-    from foundation import names
+    from foundation import part_names as names
     from foundation.data import INPUT_SHAPES
     from foundation.models import build_model
-    from foundation.registry import LOSSES, METRICS
+    from foundation.parts import LOSSES, METRICS
 
     assert tuple(LOSSES) == names.LOSS_NAMES
     assert ("auto", "none", *METRICS) == names.METRIC_NAMES

@@ -1,9 +1,9 @@
-"""fit()'s arguments as a run: a Config, and the Ingredients when objects were given.
+"""fit()'s arguments as a run: a Config, and the Parts when objects were given.
 
 Objects are recorded in the config by their import path (module:qualname) so that
 config.toml says what was trained and a resume with other code is refused; in-memory
 data is recorded by a fingerprint of its bytes. Names stay names: a config that only
-names its parts needs no Ingredients here (every replica resolves them on its node).
+names its parts needs no Parts here (every replica resolves them on its node).
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ from torch import nn
 from foundation.config import Config, config_from_text, load_config, to_toml
 from foundation.data.user import as_dataset
 from foundation.fields import ConfigError
-from foundation.ingredients import Ingredients, InMemoryData, LoaderData
-from foundation.registry import object_path
+from foundation.parts import InMemoryData, LoaderData, Parts, object_path
 
 ConfigLike = Config | str | Path | None
 DataLike = Any
@@ -68,8 +67,8 @@ def prepare(
     data_kwargs: Mapping[str, Any] | None,
     loss: Callable[..., Any] | str | None,
     metric: Callable[..., Any] | str | None,
-) -> tuple[Config, Ingredients | None]:
-    """Record the given objects in the config and build the Ingredients that carry them
+) -> tuple[Config, Parts | None]:
+    """Record the given objects in the config and build the Parts that carry them
     (None when everything is named by the config)."""
     given: dict[str, Any] = {}
     if model_kwargs is not None:
@@ -89,7 +88,7 @@ def prepare(
     checked = config_from_text(to_toml(config))  # validates, and proves it is plain TOML
     if not given:
         return checked, None
-    return checked, Ingredients.from_config(checked, **given)
+    return checked, Parts.from_config(checked, **given)
 
 
 def in_memory(**_: Any) -> Any:
@@ -109,6 +108,6 @@ def _data_source(config: Config, data: DataLike) -> Any:
         dataset = as_dataset("data", data, "data")
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    config.data.dataset = "widevalley.parts:in_memory"
+    config.data.dataset = "widevalley.arguments:in_memory"
     config.data.kwargs = {"fingerprint": fingerprint(dataset)}
     return InMemoryData(dataset)
