@@ -2,7 +2,7 @@
 
 The pure functions here (time to target, medians of ratios that may be "not reached",
 model+optimizer state arithmetic, /proc/<pid>/status parsing) are unit-tested in
-tests/unit/test_benchmarks_p4_p6.py; the rest prints what was run, where and how.
+tests/benchmarks/test_benchmark_helpers.py; the rest prints what was run, where and how.
 """
 
 from __future__ import annotations
