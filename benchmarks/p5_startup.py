@@ -17,7 +17,7 @@ jobs.train does it, then one actor that only imports torch, also timed from the
 process's start as P5 times the command.
 
 The private Ray's dashboard starts once the first round is done, on the CPU the run
-leaves (cluster/dashboard.py), so P5 does not include it; each run is also timed to the
+leaves (cluster/fast_start.py), so P5 does not include it; each run is also timed to the
 line that says the dashboard is up (on a box whose cores the run keeps busy, that line
 may not come before the run ends).
 """
@@ -38,7 +38,7 @@ from _timing import header
 
 def first_round_seconds(config: str, storage: str) -> tuple[float, float]:
     """Seconds from the command's start to its first round's line and to the line that
-    says its dashboard is up (which comes after the first round: cluster/dashboard.py;
+    says its dashboard is up (which comes after the first round: cluster/fast_start.py;
     nan without one)."""
     command = [sys.executable, "-m", "jobs.train", "--config", config, "--fresh",
                "--set", f"run.storage={storage}", "--set", f"data.root={storage}/data"]  # fmt: skip

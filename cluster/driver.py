@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from cluster import dashboard
+from cluster import fast_start
 from cluster.collective import replica_group_class
 from cluster.resources import replica_resources, resolve_packing
 from cluster.session import connect, owns_ray
@@ -129,8 +129,8 @@ def run(
                 say(f"wv: resuming from the checkpoint at round {status['resumed_from']}")
 
             def after_batch() -> None:
-                dashboard.start()  # the private Ray's, once the run is training (no wait)
-                for line in dashboard.news():
+                fast_start.start_dashboard()  # the private Ray's, once training (no wait)
+                for line in fast_start.dashboard_news():
                     say(line)
                 if stopping.signum is not None:
                     _stop(host, stopping.signum)

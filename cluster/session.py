@@ -6,11 +6,13 @@ Which Ray a run uses, in order:
    plain `ray.init()` would, and say so (its dashboard then shows the run). A user who
    started a head on purpose expects their runs on it; RAY_ADDRESS=local opts out.
 3. Otherwise a private local Ray with this machine's CPUs, its dashboard on 127.0.0.1,
-   started after Ray's other processes (cluster/dashboard.py; in a run, once its first
-   round is done). WV_DASHBOARD=0: without one, which leaves the cores to training.
+   started after Ray's other processes (in a run, once its first round is done).
+   WV_DASHBOARD=0: without one, which leaves the cores to training.
 
 connect_in_background() begins the same on a thread (jobs/train.py, while it imports
 torch); release() stops the private Ray that this process started, and nothing else.
+What makes the private Ray start and stop fast, and every use of Ray's private API, is
+in cluster/fast_start.py (WV_PLAIN_RAY=1 turns it off).
 """
 
 from __future__ import annotations
@@ -19,13 +21,12 @@ import contextlib
 import logging
 import os
 import subprocess
-import threading
 from typing import Any
 
 import psutil
 import ray
 
-from cluster import dashboard, ray_private, reaper
+from cluster import fast_start, reaper
 
 # For the private local Ray only (a cluster started elsewhere keeps its own settings):
 # its idle workers import torch while the driver is still starting, so the coordinator
@@ -44,35 +45,7 @@ _started_here = False
 _watcher: subprocess.Popen[bytes] | None = None
 
 
-class _Starter:
-    """connect() on a thread of its own (connect_in_background). The thread lives until
-    release(): the processes a private Ray starts get a parent-death signal that Linux
-    ties to the thread that started them, so they would die with a thread that ended."""
-
-    def __init__(self) -> None:
-        self.done, self.released = threading.Event(), threading.Event()
-        self.where: str | None = None
-        self.error: BaseException | None = None
-        threading.Thread(target=self._run, name="wv-ray-start", daemon=True).start()
-
-    def _run(self) -> None:
-        try:
-            self.where = _connect()
-        except BaseException as err:  # handed to the connect() that waits for it
-            self.error = err
-        finally:
-            self.done.set()
-        self.released.wait()
-
-    def result(self) -> str:
-        self.done.wait()
-        if self.error is not None:
-            raise self.error
-        assert self.where is not None
-        return self.where
-
-
-_starter: _Starter | None = None
+_starter: fast_start.Starter | None = None
 
 
 def connect_in_background() -> None:
@@ -81,18 +54,18 @@ def connect_in_background() -> None:
     waits for it and returns its line (or raises its error)."""
     global _starter
     if _starter is None and not ray.is_initialized():
-        _starter = _Starter()
+        _starter = fast_start.Starter(_connect)
 
 
 def connect(num_cpus: int | None = None, dashboard_now: bool = True) -> str:
     """Attach to or start Ray (see the module's docstring); returns a short description
     for the first progress line. A private Ray's dashboard is started after Ray's other
-    processes (cluster/dashboard.py): here, and waited for, if `dashboard_now`; else by
+    processes (cluster/fast_start.py): here, and waited for, if `dashboard_now`; else by
     the caller (a run starts it once its first round is done: cluster/driver.py)."""
     where = _starter.result() if _starter is not None else _connect(num_cpus)
     if not dashboard_now:
-        return f"{where} (dashboard to follow)" if dashboard.url_to_come() else where
-    address = dashboard.wait_until_up()
+        return f"{where} (dashboard to follow)" if fast_start.dashboard_to_come() else where
+    address = fast_start.wait_for_dashboard()
     return f"{where}, dashboard {address}" if address else where
 
 
@@ -104,13 +77,13 @@ def _connect(num_cpus: int | None = None) -> str:
     if address and address != "local":
         ray.init(address=address, logging_level=logging.ERROR)
         return f"the Ray cluster at {address}"
-    if ray_private.PLAIN and address != "local":
+    if fast_start.PLAIN and address != "local":
         with contextlib.suppress(ConnectionError):  # none running: start a private one
             ray.init(address="auto", logging_level=logging.ERROR)
             return "the Ray cluster that `ray start` left running (WV_PLAIN_RAY=1)"
     running = None
-    if address != "local" and not ray_private.PLAIN:
-        running = ray_private.running_cluster_address()
+    if address != "local" and not fast_start.PLAIN:
+        running = fast_start.running_cluster_address()
     if running is not None:
         # No explicit address: only then does Ray use the token that `ray start` wrote
         # (~/.ray/auth_token) without RAY_AUTH_MODE=token, as a plain ray.init() does.
@@ -127,7 +100,7 @@ def _connect(num_cpus: int | None = None) -> str:
         {"dashboard_host": "127.0.0.1"} if with_dashboard else {"include_dashboard": False}
     )
     before = _children()
-    with dashboard.deferred(), ray_private.on_loopback():  # the dashboard: later
+    with fast_start.dashboard_deferred(), fast_start.on_loopback():  # the dashboard: later
         ray.init(
             address="local",
             num_cpus=num_cpus or os.cpu_count(),
@@ -173,11 +146,11 @@ def release() -> None:
     starter, _starter = _starter, None
     if starter is not None:
         starter.done.wait()  # a start under way is finished first: Ray cannot stop midway
-    dashboard.settle()
+    fast_start.settle_dashboard()
     try:
         _stop_private_ray()
     finally:
-        dashboard.release()
+        fast_start.release_dashboard()
         if starter is not None:
             starter.released.set()
         _stop_watcher()
@@ -195,5 +168,5 @@ def _stop_private_ray() -> None:
     if not _started_here:
         return
     _started_here = False
-    ray_private.kill_monitor()
+    fast_start.kill_monitor()
     ray.shutdown()

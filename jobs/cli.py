@@ -1,6 +1,7 @@
 """What every command line here shares: its run options, errors as exit codes, and its
-exit. This module imports neither torch nor Ray, so that `python -m jobs.train` can read
-its arguments and config and start Ray before the heavy imports (jobs/train.py).
+exit (cluster/fast_start.py's exit_now). This module imports neither torch nor Ray, so
+that `python -m jobs.train` can read its arguments and config and start Ray before the
+heavy imports (jobs/train.py).
 
 Bad input (a config, a data set, resources the cluster lacks, a run directory that holds
 another run, storage that cannot be written) is one line on stderr and exit status 2;
@@ -11,15 +12,13 @@ printed as a traceback that a user would have to read.
 from __future__ import annotations
 
 import argparse
-import atexit
 import contextlib
-import os
 import signal
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import NoReturn
 
+from cluster.fast_start import exit_now as exit_now  # what every command ends with
 from cluster.stopping import RunInterrupted, signals_ignored
 
 
@@ -120,17 +119,3 @@ def guarded(body: Callable[[], int], more_user_errors: tuple[type[BaseException]
     with exit_codes(more_user_errors) as status:
         status.code = body()
     return status.code
-
-
-def exit_now(code: int) -> NoReturn:
-    """Exit with `code` as `sys.exit` would, less the interpreter's teardown of its modules.
-
-    The exit handlers run (logging's, W&B's, those of imported user code) and the output
-    is flushed; what is skipped is freeing the modules one by one, which after a run
-    took longer than the rest of the exit on the 2-core box (torch's, gRPC's and Ray's
-    libraries) and frees nothing the OS does not take back. For
-    `python -m` entry points only: a function called in-process must return instead."""
-    atexit._run_exitfuncs()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)

@@ -114,7 +114,7 @@ def test_sigterm_checkpoints_stops_and_the_rerun_resumes_exactly(tmp_path: Path)
     assert (tmp_path / "runs" / "smoke" / "checkpoints" / f"round-{stopped_at:06d}").is_dir()
 
     # The rerun starts its private Ray with plain ray.init() (WV_PLAIN_RAY=1: none of
-    # Ray's private API, cluster/ray_private.py): the numbers do not depend on how.
+    # Ray's private API, cluster/fast_start.py): the numbers do not depend on how.
     plain = {**os.environ, "RAY_ADDRESS": "local", "WV_PLAIN_RAY": "1", "WV_DASHBOARD": "0"}
     rerun = subprocess.run(command(tmp_path), cwd=REPO, env=plain, capture_output=True,
                            text=True, timeout=300, check=False)  # fmt: skip
@@ -140,7 +140,7 @@ def test_two_runs_started_together_one_trains_one_fails_and_sigint_stops_the_fir
     # On the private Ray it started, the winner's Coordinator runs in the winner's own
     # process (cluster/driver.py, HostHere): that process holds the run directory.
     assert f"pid {winner.pid} on " in lines[0], loser_err
-    # The private Ray's dashboard starts once the run is training (cluster/dashboard.py),
+    # The private Ray's dashboard starts once the run is training (cluster/fast_start.py),
     # on the CPU the run leaves: said after the first round, it answers while the run
     # goes on, and goes with it.
     seen = read_until(winner, "wv: Ray dashboard http://127.0.0.1:")
