@@ -41,12 +41,19 @@ run_tests() {
     "$VENV/bin/python" -m ruff format --check .
     "$VENV/bin/python" -m mypy
     # pytest exits 5 when it collects nothing: that is a failure here, as it should be.
+    # The tiers without Ray run one torch thread per test, so they run on two workers
+    # (a file stays on one worker: its module fixtures are computed once); Ray's tiers
+    # run one test at a time, since their clusters take every core.
+    local cores=(-n 2 --dist loadfile)
     if [ "$quick" = 1 ]; then
         # Between edits: no Ray, no subprocess runs (tests marked slow); tests/README.md.
-        "$VENV/bin/python" -m pytest tests/unit tests/inprocess -m "not slow" "$@"
+        "$VENV/bin/python" -m pytest "${cores[@]}" tests/unit tests/inprocess -m "not slow" "$@"
     elif [ "$#" = 0 ]; then
-        # The whole suite keeps every test's duration for the next session to read.
-        "$VENV/bin/python" -m pytest --junitxml=test-reports/pytest.xml
+        # The whole suite, in two runs that together hold every test (the markers ray
+        # and e2e split them); each keeps every test's duration for the next session.
+        "$VENV/bin/python" -m pytest "${cores[@]}" -m "not ray and not e2e" \
+            --junitxml=test-reports/pytest-without-ray.xml
+        "$VENV/bin/python" -m pytest -m "ray or e2e" --junitxml=test-reports/pytest-ray.xml
     else
         "$VENV/bin/python" -m pytest "$@"
     fi

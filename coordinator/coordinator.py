@@ -10,9 +10,9 @@ class without a cluster. Every call to the group is run_rounds(plan): where one 
 holds every replica and rounds are short, that unit runs the plan's rounds in one call
 and forms their centers itself (replicas/chain.py), else the group runs the first round
 alone; either way the coordinator records the rounds formed and forms the last as
-above (one step path: _rounds). Every C rounds (and at the end) a checkpoint; a new Coordinator
-on the same run directory resumes from the newest good one (resume.py). The run holds
-its directory's lease (lease.py) from its first write to its end.
+above (one step path: _rounds). Every C rounds (and at the end) a checkpoint; a new
+Coordinator on the same run directory resumes from the newest good one (snapshot.py).
+The run holds its directory's lease (lease.py) from its first write to its end.
 """
 
 from __future__ import annotations

@@ -37,14 +37,16 @@ def test_the_table_has_every_kind_of_bad_input() -> None:
 
 
 @pytest.fixture(scope="module")
-def outcomes(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+def outcomes(
+    tmp_path_factory: pytest.TempPathFactory, built_data_root: Path
+) -> list[dict[str, Any]]:
     """Every row through jobs.train.main, all in one subprocess (the imports once)."""
     base = tmp_path_factory.mktemp("bad")
     env = {"PATH": "/usr/bin:/bin", "HOME": str(base)}  # no RAY_ADDRESS: never a shared cluster
-    # The rows that get as far as loading MNIST-1D share one cache (the runner gives each
-    # row a data.root of its own, and a later --set wins): generating it once, not once
-    # per row. A row whose message names its own folder keeps that folder.
-    shared = f" --set data.root={base / 'data'}"
+    # The rows that get as far as loading MNIST-1D read the session's cache (the runner
+    # gives each row a data.root of its own, and a later --set wins) instead of each
+    # generating it. A row whose message names its own folder keeps that folder.
+    shared = f" --set data.root={built_data_root}"
     rows = [args if "$TMP" in message else args + shared for _, args, message in ROWS]
     done = subprocess.run(
         [sys.executable, "-m", "tests.inprocess.bad_input_runner", str(base), json.dumps(rows)],
