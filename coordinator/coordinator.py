@@ -142,6 +142,8 @@ class Coordinator:
 
     def step(self) -> dict[str, Any]:
         """Run one round; returns a short progress record for the driver to print."""
+        if self.done:
+            raise RuntimeError(f"the run is done: all {self.config.train.rounds} rounds ran")
         [record] = self.advance(0.0, chain=False)
         return record
 

@@ -55,12 +55,12 @@ def recorded_head() -> Iterator[tuple[dict[str, str], int]]:
 
 
 def train(
-    env: dict[str, str], storage: Path, *extra: str
+    env: dict[str, str], storage: Path, data_root: Path, *extra: str
 ) -> tuple[subprocess.CompletedProcess[str], int]:
     """The run's result, and the id of the session it ran in (its own)."""
     with subprocess.Popen(
         [sys.executable, "-m", "jobs.train", "--config", "jobs/configs/smoke.toml",
-         "--set", f"run.storage={storage}", "--set", f"data.root={storage.parent / 'data'}",
+         "--set", f"run.storage={storage}", "--set", f"data.root={data_root}",
          "--set", "train.rounds=2", "--set", "train.eval_every=2", *extra],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True,
@@ -78,10 +78,10 @@ def left_behind(sid: int, grace_s: float = 5.0) -> list[str]:
 
 
 def test_train_attaches_to_a_running_head_and_says_so(
-    recorded_head: tuple[dict[str, str], int], tmp_path: Path
+    recorded_head: tuple[dict[str, str], int], tmp_path: Path, built_data_root: Path
 ) -> None:
     env, head = recorded_head
-    attached, _ = train(env, tmp_path / "attached")
+    attached, _ = train(env, tmp_path / "attached", built_data_root)
     assert attached.returncode == 0, attached.stdout + attached.stderr
     first = attached.stdout.splitlines()[0]
     assert "the Ray cluster that `ray start` left running at" in first, first
@@ -90,7 +90,7 @@ def test_train_attaches_to_a_running_head_and_says_so(
     assert any("gcs_server" in Path(f"/proc/{pid}/cmdline").read_text()
                for pid in session_processes(head))  # fmt: skip
 
-    private, sid = train({**env, "RAY_ADDRESS": "local"}, tmp_path / "private")
+    private, sid = train({**env, "RAY_ADDRESS": "local"}, tmp_path / "private", built_data_root)
     assert private.returncode == 0, private.stdout + private.stderr
     assert "on a local Ray with" in private.stdout.splitlines()[0]
     # Its own Ray is stopped when it exits, agents included (stopping it all at once
@@ -103,7 +103,7 @@ def test_bad_data_found_while_ray_starts_stops_that_ray(tmp_path: Path) -> None:
     # torch and loads the data; the data is missing: exit 2 with the one line, and the
     # Ray whose start was under way is stopped, nothing of it left running.
     env = {**os.environ, "RAY_ADDRESS": "local"}
-    done, sid = train(env, tmp_path / "runs", "--set", "data.dataset=mnist")
+    done, sid = train(env, tmp_path / "runs", tmp_path / "data", "--set", "data.dataset=mnist")
     assert done.returncode == 2, done.stdout + done.stderr
     assert done.stderr.startswith("wv: error: Raw mnist files are missing"), done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
